@@ -1,0 +1,211 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the byte ring and the typed ring share: attaching an end to a segment, publishing
+// positions, the wake-up handshake, closing, and peer liveness. Positions count bytes in
+// the byte ring and slots in the typed ring. Layer: shm/ (internal).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "ferry/shm/layout.hpp"
+#include "ferry/shm/process.hpp"
+#include "ferry/shm/segment.hpp"
+#include "ferry/shm/wait.hpp"
+
+namespace ferry::shm::detail {
+
+enum class Role { producer, consumer };
+
+/// Claims the producer or consumer role of `segment` for this process (one of each per
+/// segment lifetime). Throws ferry::Error: invalid_argument (wrong ring kind),
+/// address_in_use (the role is held by a live process), peer_lost (it was held by a process
+/// that died: the ring cannot be resumed), closed (the role was closed).
+void attach(Segment& segment, RingKind kind, Role role);
+
+/// Common state of both ends. Not thread-safe: one thread drives an end at a time.
+class RingEnd {
+ public:
+  RingEnd(const RingEnd&) = delete;
+  RingEnd& operator=(const RingEnd&) = delete;
+
+  /// Capacity in bytes (byte ring) or slots (typed ring).
+  [[nodiscard]] std::uint64_t capacity() const noexcept { return m_capacity; }
+
+ protected:
+  RingEnd(Segment& segment, RingKind kind, Role role, const WaitOptions& wait);
+  RingEnd(RingEnd&& other) noexcept;
+  ~RingEnd() = default;
+
+  // True if the process at the other end died without closing.
+  [[nodiscard]] bool peer_gone(Role peer) const noexcept {
+    const auto& ctl = *m_ctl;
+    // relaxed: the identity is compared with /proc only; the closed flag is re-read with
+    // acquire by the caller's poll before anything is reported.
+    const layout::Identity owner = peer == Role::producer
+                                       ? ctl.producer.owner.load(std::memory_order_relaxed)
+                                       : ctl.consumer.owner.load(std::memory_order_relaxed);
+    const auto& closed = peer == Role::producer ? ctl.wait.producer_closed : ctl.wait.consumer_closed;
+    // relaxed: see above.
+    return owner != 0 && closed.load(std::memory_order_relaxed) == 0 && !is_alive(owner);
+  }
+
+  layout::Control* m_ctl;
+  std::byte* m_data;
+  std::uint64_t m_capacity;
+  std::uint64_t m_mask;
+  WaitOptions m_wait;
+};
+
+/// Producer side: owns write_pos. `m_write_pos` counts everything committed; the segment's
+/// write_pos is published every `batch` commits, at flush(), when the ring is full, when the
+/// consumer announced sleep, and before any blocking wait.
+class ProducerEnd : public RingEnd {
+ public:
+  /// Publishes every commit not yet published and wakes a sleeping consumer.
+  /// Thread: the producer thread. Never blocks; one system call only if the consumer sleeps.
+  void flush() noexcept {
+    if (m_write_pos != m_published_pos) publish();
+  }
+
+  /// Marks the ring closed for writing and wakes the consumer, which reads what was
+  /// committed and then gets Status::closed. Idempotent. Also done by the destructor.
+  void close() noexcept;
+
+  /// Position up to which this producer has committed (bytes or slots since creation).
+  [[nodiscard]] std::uint64_t position() const noexcept { return m_write_pos; }
+
+ protected:
+  ProducerEnd(Segment& segment, RingKind kind, const WaitOptions& wait, std::uint32_t batch);
+  ProducerEnd(ProducerEnd&& other) noexcept;
+  ~ProducerEnd() { close(); }
+
+  void publish() noexcept {
+    // sync(ring.wake) seq_cst store: pairs with the consumer's seq_cst store of
+    // consumer_sleeping and its seq_cst load of write_pos in wait_until(): either it sees
+    // this position or wake_if_sleeping() below sees it sleeping. Also a release for the
+    // typed ring, whose slots become visible with this store.
+    // Partner: acquire load of write_pos in Ring<T>::Consumer::try_peek().
+    m_ctl->producer.write_pos.store(m_write_pos, std::memory_order_seq_cst);
+    m_published_pos = m_write_pos;
+    m_unpublished = 0;
+    wake_if_sleeping(m_ctl->wait.consumer_sleeping);
+  }
+
+  // After a commit: publish at batch boundaries, at half a ring of unpublished data, or
+  // when the consumer announced that it sleeps.
+  void after_commit() noexcept {
+    if (++m_unpublished >= m_batch || m_write_pos - m_published_pos >= m_half_capacity) {
+      publish();
+      return;
+    }
+    // relaxed: a hint only. A consumer that announces sleep after this load is woken at the
+    // next publication point (its re-check pairs with publish()).
+    if (m_ctl->wait.consumer_sleeping.load(std::memory_order_relaxed) != 0) publish();
+  }
+
+  // Reloads the consumer's position; false if it is impossible (corrupt or hostile peer).
+  [[nodiscard]] bool refresh_read_pos() noexcept {
+    // sync(ring.free) acquire: pairs with the consumer's release store of read_pos in
+    // release()/try_pop(); its reads of the freed space are complete before we reuse it.
+    const std::uint64_t read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
+    if (read_pos > m_write_pos || m_write_pos - read_pos > m_capacity) return false;
+    m_cached_read_pos = read_pos;
+    return true;
+  }
+
+  // The status of a producer that found no space: publishes (the consumer must see all
+  // it can read before the producer waits), then reports closed or would_block.
+  [[nodiscard]] Status full_status() noexcept {
+    flush();
+    // sync(ring.close) acquire: pairs with the seq_cst store in Consumer close().
+    if (m_ctl->wait.consumer_closed.load(std::memory_order_acquire) != 0) return Status::closed;
+    return Status::would_block;
+  }
+
+  // Blocks until `units` are free (bytes or slots), the deadline passes or the consumer is
+  // closed or gone. `poll` retries the caller's non-blocking operation.
+  template <class Poll>
+  Status wait_for_space(std::uint64_t units, Clock::time_point deadline, Poll&& poll) {
+    flush();
+    return wait_until(
+        m_wait, m_ctl->wait.producer_sleeping, deadline, poll,
+        [&] {
+          // sync(ring.wake) seq_cst loads: pair with the consumer's seq_cst store of
+          // read_pos / consumer_closed before its load of producer_sleeping.
+          const std::uint64_t read_pos = m_ctl->consumer.read_pos.load(std::memory_order_seq_cst);
+          return m_write_pos + units - read_pos <= m_capacity ||
+                 m_ctl->wait.consumer_closed.load(std::memory_order_seq_cst) != 0;
+        },
+        [&] { return peer_gone(Role::consumer); });
+  }
+
+  std::uint64_t m_write_pos = 0;       // committed (private)
+  std::uint64_t m_published_pos = 0;   // last value stored to the segment's write_pos
+  std::uint64_t m_cached_read_pos = 0; // the consumer's position as last seen
+  std::uint32_t m_unpublished = 0;
+  std::uint32_t m_batch;
+  std::uint64_t m_half_capacity;
+};
+
+/// Consumer side: owns read_pos, published with release on every release (a store to the
+/// consumer's own line, read by the producer only when it finds the ring full).
+class ConsumerEnd : public RingEnd {
+ public:
+  /// Marks the ring closed for reading; the producer's next full ring reports closed.
+  /// Idempotent. Also done by the destructor.
+  void close() noexcept;
+
+  /// Position up to which this consumer has released (bytes or slots since creation).
+  [[nodiscard]] std::uint64_t position() const noexcept { return m_read_pos; }
+
+ protected:
+  ConsumerEnd(Segment& segment, RingKind kind, const WaitOptions& wait);
+  ConsumerEnd(ConsumerEnd&& other) noexcept;
+  ~ConsumerEnd() { close(); }
+
+  void store_read_pos() noexcept {
+    // sync(ring.free) release: our reads of the released space happen before the producer
+    // reuses it. Partner: acquire load of read_pos in ProducerEnd::refresh_read_pos().
+    m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_release);
+    m_dirty = true;
+    // relaxed: a hint only; a producer that sleeps anyway is woken by publish_read() when
+    // this consumer next finds the ring empty, which it must reach before the producer can
+    // need more space.
+    if (m_ctl->wait.producer_sleeping.load(std::memory_order_relaxed) != 0) publish_read();
+  }
+
+  void publish_read() noexcept {
+    // sync(ring.wake) seq_cst store: pairs with the producer's seq_cst store of
+    // producer_sleeping and its seq_cst load of read_pos in wait_for_space().
+    m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_seq_cst);
+    m_dirty = false;
+    wake_if_sleeping(m_ctl->wait.producer_sleeping);
+  }
+
+  // The status of a consumer that found the ring empty.
+  [[nodiscard]] Status empty_status() noexcept {
+    if (m_dirty) publish_read();
+    // sync(ring.close) acquire: pairs with the seq_cst store in ProducerEnd::close(), made
+    // after every commit; the caller polls once more before reporting closed.
+    if (m_ctl->wait.producer_closed.load(std::memory_order_acquire) != 0) return Status::closed;
+    return Status::would_block;
+  }
+
+  template <class Poll>
+  Status wait_for_data(Clock::time_point deadline, Poll&& poll) {
+    return wait_until(
+        m_wait, m_ctl->wait.consumer_sleeping, deadline, poll,
+        [&] {
+          // sync(ring.wake) seq_cst loads: pair with the producer's seq_cst store of
+          // write_pos / producer_closed before its load of consumer_sleeping.
+          return m_ctl->producer.write_pos.load(std::memory_order_seq_cst) > m_read_pos ||
+                 m_ctl->wait.producer_closed.load(std::memory_order_seq_cst) != 0;
+        },
+        [&] { return peer_gone(Role::producer); });
+  }
+
+  std::uint64_t m_read_pos = 0;
+  bool m_dirty = false;  // read_pos stored without the seq_cst publication
+};
+
+}  // namespace ferry::shm::detail

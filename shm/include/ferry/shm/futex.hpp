@@ -1,0 +1,20 @@
+// SPDX-License-Identifier: Apache-2.0
+// Thin wrappers over the futex system call on words in shared memory (never the private
+// flavour: the waiter and the waker are usually different processes). Layer: shm/.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+namespace ferry::shm {
+
+/// Sleeps while `*word == expected`, at most `timeout`. Returns on a wake, a timeout, a
+/// signal, or at once if the word already differs. Callers always re-check their condition.
+void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                std::chrono::nanoseconds timeout) noexcept;
+
+/// Wakes up to `count` waiters sleeping on `word`.
+void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept;
+
+}  // namespace ferry::shm

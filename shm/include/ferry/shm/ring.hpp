@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: Apache-2.0
+// ByteRing: the lossless single-producer/single-consumer ring of variable-size messages.
+// Layer: shm/ (header-only hot path; waits and attach in src/).
+//
+// Design (see layout.hpp for the bytes):
+// - One producer process/thread and one consumer; 64-bit positions that only grow.
+// - A record is an 8-byte header word + payload, 8-byte aligned. The producer writes the
+//   payload, zeroes the header word that follows the record, then stores the record's header
+//   with release: that store is the commit point. The consumer acquires the header word at its
+//   position; a non-zero word is a complete record. So a spinning consumer sees each record
+//   as soon as it is committed, whatever the publication batch.
+// - When a record does not fit before the end of the region, a padding record fills the tail
+//   and the record starts at offset 0: every payload is one contiguous span (zero-copy).
+// - The published positions (write_pos, read_pos) serve flow control and the sleep/wake
+//   handshake: the producer needs read_pos only when its cached copy says the ring is full,
+//   and publishes write_pos every `batch` commits (seq_cst, then it checks whether the
+//   consumer sleeps: see wait.hpp). The streaming fast path makes no system call.
+// - Everything read from the segment is validated: a bad header word or position is
+//   Status::protocol_error, never an out-of-bounds access.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "ferry/shm/detail/ring_end.hpp"
+
+namespace ferry::shm {
+
+class ByteRing {
+ public:
+  /// The segment spec of a byte ring of `capacity` bytes (a power of two, >= 64).
+  static RingSpec spec(std::uint64_t capacity) { return {RingKind::byte_ring, capacity, 0}; }
+
+  /// Largest message a ring of `capacity` bytes accepts.
+  static constexpr std::uint64_t max_message_size(std::uint64_t capacity) noexcept {
+    return std::min<std::uint64_t>(capacity - 2 * layout::kRecordHeaderSize, 0xffffffffu);
+  }
+
+  /// The producer end. Thread: one producer thread at a time. Movable, not copyable.
+  /// Requires: `segment` outlives the producer.
+  class Producer : public detail::ProducerEnd {
+   public:
+    /// Attaches as the ring's producer. Throws ferry::Error (see detail::attach).
+    explicit Producer(Segment& segment, const ProducerOptions& options = {})
+        : ProducerEnd(segment, RingKind::byte_ring, options.wait, options.batch),
+          m_max_message(ByteRing::max_message_size(m_capacity)) {}
+    Producer(Producer&&) noexcept = default;
+
+    [[nodiscard]] std::uint64_t max_message_size() const noexcept { return m_max_message; }
+
+    /// Reserves `n` contiguous bytes for the next message; fill them, then commit().
+    /// Never blocks, allocates or throws. Returns would_block (full), closed (consumer
+    /// closed), message_too_large (n > max_message_size()), protocol_error.
+    [[nodiscard]] Status try_reserve(std::size_t n, std::span<std::byte>& out) noexcept {
+      if (n > m_max_message) return Status::message_too_large;
+      const std::uint64_t rec = layout::record_size(n);
+      for (;;) {
+        const std::uint64_t index = m_write_pos & m_mask;
+        const std::uint64_t to_end = m_capacity - index;
+        if (rec <= to_end) {
+          // + one header word: the commit zeroes the word after the record.
+          if (const Status s = ensure_space(rec + layout::kRecordHeaderSize); s != Status::ok)
+            return s;
+          out = {m_data + index + layout::kRecordHeaderSize, n};
+          m_reserved = n;
+          return Status::ok;
+        }
+        if (const Status s = ensure_space(to_end + layout::kRecordHeaderSize); s != Status::ok)
+          return s;
+        write_padding(index, to_end);
+      }
+    }
+
+    /// Commits the first `n` bytes of the last reservation as one message.
+    /// Requires: a successful try_reserve(m) (or reserve(m)) with n <= m, not yet committed.
+    void commit(std::size_t n) noexcept {
+      const std::uint64_t rec = layout::record_size(n);
+      const std::uint64_t index = m_write_pos & m_mask;
+      // relaxed: published by the release store of this record's header just below.
+      word((index + rec) & m_mask).store(0, std::memory_order_relaxed);
+      // sync(ring.commit) release: payload and the zeroed next word are visible before the
+      // header. Partner: acquire load of the header word in Consumer::try_peek().
+      word(index).store(layout::make_record_header(layout::kRecordData, static_cast<std::uint32_t>(n)),
+                        std::memory_order_release);
+      m_write_pos += rec;
+      m_reserved = 0;
+      after_commit();
+    }
+    void commit() noexcept { commit(m_reserved); }
+
+    /// Copies `message` in as one message. Never blocks, allocates or throws.
+    [[nodiscard]] Status try_push(std::span<const std::byte> message) noexcept {
+      std::span<std::byte> out;
+      const Status s = try_reserve(message.size(), out);
+      if (s != Status::ok) return s;
+      if (!message.empty()) std::memcpy(out.data(), message.data(), message.size());
+      commit(message.size());
+      return Status::ok;
+    }
+
+    /// Blocking try_reserve: waits for space (spin, then sleep) up to `timeout`.
+    /// Throws ferry::Error: timed_out, closed, peer_lost (consumer died), message_too_large,
+    /// protocol_error.
+    std::span<std::byte> reserve(std::size_t n, std::chrono::nanoseconds timeout = kForever) {
+      std::span<std::byte> out;
+      Status s = try_reserve(n, out);
+      if (s == Status::would_block) {
+        const std::uint64_t need = std::min(m_capacity, 2 * layout::record_size(n));
+        s = wait_for_space(need, deadline_after(timeout), [&] { return try_reserve(n, out); });
+      }
+      if (s != Status::ok) throw_status(s, "ByteRing::Producer::reserve");
+      return out;
+    }
+
+    /// Blocking try_push. Throws as reserve().
+    void push(std::span<const std::byte> message, std::chrono::nanoseconds timeout = kForever) {
+      const auto out = reserve(message.size(), timeout);
+      if (!message.empty()) std::memcpy(out.data(), message.data(), message.size());
+      commit(message.size());
+    }
+
+   private:
+    std::atomic_ref<std::uint64_t> word(std::uint64_t index) const noexcept {
+      return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(m_data + index));
+    }
+
+    Status ensure_space(std::uint64_t bytes) noexcept {
+      if (m_write_pos + bytes - m_cached_read_pos <= m_capacity) return Status::ok;
+      if (!refresh_read_pos()) return Status::protocol_error;
+      if (m_write_pos + bytes - m_cached_read_pos <= m_capacity) return Status::ok;
+      return full_status();
+    }
+
+    void write_padding(std::uint64_t index, std::uint64_t to_end) noexcept {
+      // relaxed: published by the release store of the padding header below.
+      word(0).store(0, std::memory_order_relaxed);
+      // sync(ring.commit) release: the zeroed word at offset 0 is visible before the padding.
+      // Partner: acquire load of the header word in Consumer::try_peek().
+      word(index).store(
+          layout::make_record_header(layout::kRecordPadding,
+                                     static_cast<std::uint32_t>(to_end - layout::kRecordHeaderSize)),
+          std::memory_order_release);
+      m_write_pos += to_end;
+    }
+
+    std::uint64_t m_max_message;
+    std::size_t m_reserved = 0;
+  };
+
+  /// The consumer end. Thread: one consumer thread at a time. Movable, not copyable.
+  /// Requires: `segment` outlives the consumer.
+  class Consumer : public detail::ConsumerEnd {
+   public:
+    explicit Consumer(Segment& segment, const WaitOptions& wait = {})
+        : ConsumerEnd(segment, RingKind::byte_ring, wait),
+          m_max_message(ByteRing::max_message_size(m_capacity)) {}
+    Consumer(Consumer&&) noexcept = default;
+
+    /// The next message, in place (zero-copy); valid until release(). Calling it again
+    /// before release() returns the same message. Never blocks, allocates or throws.
+    /// Returns would_block (empty), closed (producer closed and everything was read),
+    /// protocol_error (corrupt record).
+    [[nodiscard]] Status try_peek(std::span<const std::byte>& out) noexcept {
+      if (m_peeked != 0) {
+        out = m_peek;
+        return Status::ok;
+      }
+      bool closed_seen = false;
+      for (;;) {
+        const std::uint64_t index = m_read_pos & m_mask;
+        // sync(ring.commit) acquire: pairs with the release store of the header word in
+        // Producer::commit() / write_padding(); the payload is visible.
+        const std::uint64_t header = word(index).load(std::memory_order_acquire);
+        const std::uint32_t type = layout::record_type(header);
+        const std::uint64_t length = layout::record_length(header);
+        const std::uint64_t to_end = m_capacity - index;
+        if (type == layout::kRecordNone) {
+          if (closed_seen) return Status::closed;
+          const Status s = empty_status();
+          if (s != Status::closed) return s;
+          closed_seen = true;  // look once more: the close came after every commit
+          continue;
+        }
+        if (type == layout::kRecordPadding) {
+          if (length != to_end - layout::kRecordHeaderSize) return Status::protocol_error;
+          m_read_pos += to_end;
+          m_dirty = true;
+          continue;
+        }
+        if (type != layout::kRecordData || length > m_max_message ||
+            layout::record_size(length) > to_end)
+          return Status::protocol_error;
+        m_peek = {m_data + index + layout::kRecordHeaderSize, static_cast<std::size_t>(length)};
+        m_peeked = layout::record_size(length);
+        out = m_peek;
+        return Status::ok;
+      }
+    }
+
+    /// Frees the message returned by the last successful peek.
+    /// Requires: a successful try_peek()/peek() not yet released.
+    void release() noexcept {
+      m_read_pos += m_peeked;
+      m_peeked = 0;
+      store_read_pos();
+    }
+
+    /// Copies the next message into `buffer` and releases it; `size` receives its length.
+    /// message_too_large if `buffer` is smaller (the message stays in the ring).
+    [[nodiscard]] Status try_pop(std::span<std::byte> buffer, std::size_t& size) noexcept {
+      std::span<const std::byte> msg;
+      const Status s = try_peek(msg);
+      if (s != Status::ok) return s;
+      if (msg.size() > buffer.size()) return Status::message_too_large;
+      if (!msg.empty()) std::memcpy(buffer.data(), msg.data(), msg.size());
+      size = msg.size();
+      release();
+      return Status::ok;
+    }
+
+    /// Blocking try_peek: waits up to `timeout`. Throws ferry::Error: timed_out, closed,
+    /// peer_lost (the producer died; what it committed was read first), protocol_error.
+    std::span<const std::byte> peek(std::chrono::nanoseconds timeout = kForever) {
+      std::span<const std::byte> out;
+      Status s = try_peek(out);
+      if (s == Status::would_block)
+        s = wait_for_data(deadline_after(timeout), [&] { return try_peek(out); });
+      if (s != Status::ok) throw_status(s, "ByteRing::Consumer::peek");
+      return out;
+    }
+
+    /// Blocking pop into a vector (resized to the message). Throws as peek().
+    void pop(std::vector<std::byte>& out, std::chrono::nanoseconds timeout = kForever) {
+      const auto msg = peek(timeout);
+      out.assign(msg.begin(), msg.end());
+      release();
+    }
+
+   private:
+    std::atomic_ref<std::uint64_t> word(std::uint64_t index) const noexcept {
+      return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(m_data + index));
+    }
+
+    std::uint64_t m_max_message;
+    std::span<const std::byte> m_peek;
+    std::uint64_t m_peeked = 0;  // record size of the peeked message, 0 if none
+  };
+};
+
+}  // namespace ferry::shm

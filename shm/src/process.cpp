@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: Apache-2.0
+// Process identity and liveness from /proc/<pid>/stat. Layer: shm/.
+#include "ferry/shm/process.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace ferry::shm {
+namespace {
+
+// Reads /proc/<pid>/stat; returns false if the process does not exist.
+// Fields after the command name (which may contain spaces and ')'): state is field 3,
+// starttime is field 22.
+bool read_stat(std::uint64_t pid, char& state, std::uint64_t& start_time) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%llu/stat", static_cast<unsigned long long>(pid));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');
+  if (p == nullptr || p[1] != ' ') return false;
+  p += 2;
+  state = *p;
+  // Skip from field 3 (state) to field 22 (starttime): 19 separators.
+  for (int field = 3; field < 22; ++field) {
+    p = std::strchr(p, ' ');
+    if (p == nullptr) return false;
+    ++p;
+  }
+  start_time = std::strtoull(p, nullptr, 10);
+  return true;
+}
+
+}  // namespace
+
+std::uint64_t process_start_time(std::uint64_t pid) {
+  char state = 0;
+  std::uint64_t start = 0;
+  return read_stat(pid, state, start) ? start : 0;
+}
+
+layout::Identity self_identity() {
+  static const layout::Identity id = [] {
+    const auto pid = static_cast<std::uint64_t>(::getpid());
+    return layout::make_identity(pid, process_start_time(pid));
+  }();
+  return id;
+}
+
+bool is_alive(layout::Identity id) {
+  if (id == 0) return false;
+  char state = 0;
+  std::uint64_t start = 0;
+  if (!read_stat(layout::identity_pid(id), state, start)) return false;
+  if (state == 'Z' || state == 'X') return false;
+  return start == layout::identity_start_time(id);
+}
+
+}  // namespace ferry::shm
