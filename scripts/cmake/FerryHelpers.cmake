@@ -18,17 +18,19 @@ elseif(NOT FERRY_SANITIZER STREQUAL "none")
   message(FATAL_ERROR "FERRY_SANITIZER must be none, address or thread")
 endif()
 
-# ferry_add_test(NAME SOURCES ... LABELS ... [TIMEOUT s] [LIBS ...])
+# ferry_add_test(NAME SOURCES ... LABELS ... [TIMEOUT s] [LIBS ...] [RESOURCE_LOCK lock])
 # One gtest binary per call; each test case becomes a ctest with the label(s) and timeout.
 function(ferry_add_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;LABELS;LIBS" ${ARGN})
+  cmake_parse_arguments(ARG "" "TIMEOUT;RESOURCE_LOCK" "SOURCES;LABELS;LIBS" ${ARGN})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 60)
   endif()
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ferry_testing GTest::gtest GTest::gtest_main ${ARG_LIBS})
-  gtest_discover_tests(${name}
-    DISCOVERY_MODE PRE_TEST
-    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
-               ENVIRONMENT "FERRY_TEST_PEER=$<TARGET_FILE:ferry_test_peer>")
+  set(props LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+            ENVIRONMENT "FERRY_TEST_PEER=$<TARGET_FILE:ferry_test_peer>")
+  if(ARG_RESOURCE_LOCK)
+    list(APPEND props RESOURCE_LOCK ${ARG_RESOURCE_LOCK})
+  endif()
+  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST PROPERTIES ${props})
 endfunction()

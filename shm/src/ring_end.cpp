@@ -76,20 +76,28 @@ void ProducerEnd::close() noexcept {
   if (m_ctl == nullptr) return;
   flush();
   // sync(ring.close) seq_cst store: after every commit; pairs with the consumer's acquire
-  // load in empty_status() and its seq_cst re-check before sleeping.
+  // load in refresh_write_pos() and its seq_cst re-check before sleeping.
   m_ctl->wait.producer_closed.store(1, std::memory_order_seq_cst);
   wake_if_sleeping(m_ctl->wait.consumer_sleeping);
   m_ctl = nullptr;
 }
 
 ConsumerEnd::ConsumerEnd(Segment& segment, RingKind kind, const WaitOptions& wait)
-    : RingEnd(segment, kind, Role::consumer, wait) {
+    : RingEnd(segment, kind, Role::consumer, wait),
+      m_read_batch(m_capacity / 16 == 0 ? 1 : m_capacity / 16) {
   // acquire: the creator's initial position (see ProducerEnd).
   m_read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
+  m_cached_write_pos = m_read_pos;
+  m_stored_read_pos = m_read_pos;
 }
 
 ConsumerEnd::ConsumerEnd(ConsumerEnd&& other) noexcept
-    : RingEnd(std::move(other)), m_read_pos(other.m_read_pos), m_dirty(other.m_dirty) {}
+    : RingEnd(std::move(other)),
+      m_read_pos(other.m_read_pos),
+      m_stored_read_pos(other.m_stored_read_pos),
+      m_cached_write_pos(other.m_cached_write_pos),
+      m_read_batch(other.m_read_batch),
+      m_dirty(other.m_dirty) {}
 
 void ConsumerEnd::close() noexcept {
   if (m_ctl == nullptr) return;

@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Byte ring across real processes (tests/support/peer_main.cpp spawned with posix_spawn):
 // lossless ordered transfer, start order, SIGKILL of either side, refused segments,
-// descriptor-passed and hugepage-backed segments, and no file left in /dev/shm.
-#include <sys/mount.h>
+// descriptor-passed segments, and no file left in /dev/shm (hugepages: hugepage_test.cpp).
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -10,7 +9,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include "ferry/shm/ring.hpp"
@@ -175,41 +173,6 @@ TEST_F(RingMultiProc, AnonymousSegmentPassedByDescriptorLeavesNoFile) {
     const std::size_t size = test::message_size(5, i);
     auto out = producer.reserve(size, seconds(30));
     test::fill(out, 5, i);
-    producer.commit(size);
-  }
-  const std::string result = consumer.read_line();
-  EXPECT_EQ(result.rfind("ok " + std::to_string(n), 0), 0u) << result;
-  EXPECT_EQ(consumer.wait(seconds(30)), 0);
-}
-
-// A 2 MiB-page ring shared by two processes; the fixture reserves pages, then restores.
-TEST_F(RingMultiProc, HugepageBackedRingAcrossProcesses) {
-  static constexpr const char* kPool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
-  if (::geteuid() != 0) GTEST_SKIP() << "reserving hugepages needs root";
-  long saved = -1;
-  if (!(std::ifstream(kPool) >> saved)) GTEST_SKIP() << "this kernel has no 2 MiB hugepage pool";
-  std::ofstream(kPool) << saved + 4;
-  long now = -1;
-  std::ifstream(kPool) >> now;
-  struct Restore {
-    long pages;
-    ~Restore() { std::ofstream(kPool) << pages; }
-  } restore{saved};
-  if (now < saved + 4) GTEST_SKIP() << "the kernel granted too few hugepages";
-
-  SegmentOptions o;
-  o.huge_pages = HugePages::require;
-  auto seg = Segment::create_anonymous(ByteRing::spec(1 << 20), o);
-  ASSERT_EQ(seg.info().page_size, 2u << 20);
-  ByteRing::Producer producer(seg);
-  const std::uint64_t n = 100'000;
-  Child consumer(with(peer("consume", n, 9), {"--fd", std::to_string(seg.fd()), "--huge"}),
-                 seg.fd(), true);
-  ASSERT_EQ(consumer.read_line(), "ready");
-  for (std::uint64_t i = 0; i < n; ++i) {
-    const std::size_t size = test::message_size(9, i);
-    auto out = producer.reserve(size, seconds(30));
-    test::fill(out, 9, i);
     producer.commit(size);
   }
   const std::string result = consumer.read_line();

@@ -44,12 +44,12 @@ class ByteRingTest : public ::testing::Test {
   Segment seg;
 };
 
-TEST_F(ByteRingTest, PushWritesHeaderPayloadAndZeroedNextWord) {
+TEST_F(ByteRingTest, PushWritesHeaderAndPayloadThenPublishes) {
   ByteRing::Producer sut(seg);
   ASSERT_EQ(sut.try_push(bytes_of("abc")), Status::ok);
   EXPECT_EQ(word_at(0), make_record_header(kRecordData, 3));
   EXPECT_EQ(std::memcmp(seg.data() + 8, "abc", 3), 0);
-  EXPECT_EQ(word_at(16), 0u);
+  EXPECT_EQ(word_at(16), 0u);  // untouched
   EXPECT_EQ(sut.position(), 16u);
   EXPECT_EQ(published_write_pos(), 16u);  // batch 1: published at once
   EXPECT_EQ(published_read_pos(), 0u);
@@ -70,6 +70,25 @@ TEST_F(ByteRingTest, PeekIsZeroCopyAndReleaseAdvancesReadPos) {
   EXPECT_EQ(sut.try_peek(msg), Status::would_block);
 }
 
+TEST(ByteRing, ReadPositionIsPublishedInBatchesAndWhenEmpty) {
+  auto seg = Segment::create_anonymous(ByteRing::spec(4096));  // read batch: 256 bytes
+  ByteRing::Producer producer(seg);
+  ByteRing::Consumer consumer(seg);
+  const auto read_pos = [&] { return seg.control().consumer.read_pos.load(std::memory_order_relaxed); };  // relaxed: one thread
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(producer.try_push(bytes_of("0123456789")), Status::ok);  // 24 B each
+  std::span<const std::byte> msg;
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(consumer.try_peek(msg), Status::ok);
+    consumer.release();
+  }
+  EXPECT_EQ(read_pos(), 0u);  // 240 bytes released: below the batch
+  ASSERT_EQ(consumer.try_peek(msg), Status::ok);
+  consumer.release();
+  EXPECT_EQ(read_pos(), 264u);  // the batch is reached
+  while (consumer.try_peek(msg) == Status::ok) consumer.release();
+  EXPECT_EQ(read_pos(), 480u);  // running empty publishes everything
+}
+
 TEST_F(ByteRingTest, ZeroLengthMessageIsAMessage) {
   ByteRing::Producer producer(seg);
   ByteRing::Consumer sut(seg);
@@ -85,10 +104,10 @@ TEST_F(ByteRingTest, ZeroLengthMessageIsAMessage) {
 TEST_F(ByteRingTest, RejectsWriteWhenFullAndAcceptsAfterRelease) {
   ByteRing::Producer producer(seg);
   ByteRing::Consumer consumer(seg);
-  const std::string eight = "01234567";  // 16-byte records; one header word of headroom
+  const std::string eight = "01234567";  // 16-byte records
   int pushed = 0;
   while (producer.try_push(bytes_of(eight)) == Status::ok) ++pushed;
-  EXPECT_EQ(pushed, 15);  // 15 * 16 + 8 <= 256 < 16 * 16 + 8
+  EXPECT_EQ(pushed, 16);  // 16 * 16 == 256: a ring can be filled to the last byte
   EXPECT_EQ(producer.try_push(bytes_of(eight)), Status::would_block);
   std::span<const std::byte> msg;
   ASSERT_EQ(consumer.try_peek(msg), Status::ok);
@@ -107,7 +126,6 @@ TEST_F(ByteRingTest, PaddingRecordAtWrapKeepsPayloadContiguous) {
   const std::string next(40, 'y');  // record 48 > 48 left? 256 - 208 = 48: fits exactly
   ASSERT_EQ(producer.try_push(bytes_of(next)), Status::ok);
   EXPECT_EQ(word_at(208), make_record_header(kRecordData, 40));
-  EXPECT_EQ(word_at(0), 0u);  // the word after a record that ends at the region's end
   ASSERT_EQ(consumer.try_peek(msg), Status::ok);
   consumer.release();
   EXPECT_EQ(consumer.position(), 256u);
@@ -119,7 +137,6 @@ TEST_F(ByteRingTest, PaddingRecordAtWrapKeepsPayloadContiguous) {
   ASSERT_EQ(producer.try_push(bytes_of(wrap)), Status::ok);
   EXPECT_EQ(word_at(208), make_record_header(kRecordPadding, 40));
   EXPECT_EQ(word_at(0), make_record_header(kRecordData, 100));
-  EXPECT_EQ(word_at(112), 0u);
   EXPECT_EQ(producer.position(), 256u + 256u + 112u);
   ASSERT_EQ(consumer.try_peek(msg), Status::ok);
   EXPECT_EQ(msg.data(), seg.data() + 8);
@@ -131,22 +148,24 @@ TEST_F(ByteRingTest, PaddingRecordAtWrapKeepsPayloadContiguous) {
 TEST_F(ByteRingTest, LargestMessageFitsAnEmptyRingAndLargerIsRefused) {
   ByteRing::Producer producer(seg);
   ByteRing::Consumer consumer(seg);
-  EXPECT_EQ(producer.max_message_size(), 256u - 16u);
+  EXPECT_EQ(producer.max_message_size(), 256u - 8u);
   std::span<std::byte> out;
-  EXPECT_EQ(producer.try_reserve(241, out), Status::message_too_large);
+  EXPECT_EQ(producer.try_reserve(249, out), Status::message_too_large);
   ASSERT_EQ(producer.try_push(bytes_of("abc")), Status::ok);
   std::span<const std::byte> msg;
   ASSERT_EQ(consumer.try_peek(msg), Status::ok);
   consumer.release();
-  // At offset 16 a 240-byte message needs padding to the end first; that succeeds once the
+  // At offset 16 a 248-byte message needs padding to the end first; that succeeds once the
   // consumer has drained the padding.
-  EXPECT_EQ(producer.try_reserve(240, out), Status::would_block);
+  EXPECT_EQ(producer.try_reserve(248, out), Status::would_block);
+  EXPECT_EQ(word_at(16), make_record_header(kRecordPadding, 232));
   EXPECT_EQ(consumer.try_peek(msg), Status::would_block);  // consumes the padding
-  ASSERT_EQ(producer.try_reserve(240, out), Status::ok);
+  EXPECT_EQ(published_read_pos(), 256u);
+  ASSERT_EQ(producer.try_reserve(248, out), Status::ok);
   EXPECT_EQ(out.data(), seg.data() + 8);
-  producer.commit(240);
+  producer.commit(248);
   ASSERT_EQ(consumer.try_peek(msg), Status::ok);
-  EXPECT_EQ(msg.size(), 240u);
+  EXPECT_EQ(msg.size(), 248u);
 }
 
 TEST_F(ByteRingTest, CommitShorterThanReservation) {
@@ -162,16 +181,19 @@ TEST_F(ByteRingTest, CommitShorterThanReservation) {
   EXPECT_EQ(string_of(msg), "12345");
 }
 
-TEST_F(ByteRingTest, BatchedPublicationDelaysPositionNotVisibility) {
+TEST_F(ByteRingTest, BatchedPublicationPublishesEveryNthCommitAndAtFlush) {
   ByteRing::Producer producer(seg, {.batch = 4});
   ByteRing::Consumer consumer(seg);
   for (int i = 0; i < 3; ++i) ASSERT_EQ(producer.try_push(bytes_of("m")), Status::ok);
   EXPECT_EQ(published_write_pos(), 0u);
   std::span<const std::byte> msg;
-  ASSERT_EQ(consumer.try_peek(msg), Status::ok);  // committed records are visible anyway
-  consumer.release();
+  EXPECT_EQ(consumer.try_peek(msg), Status::would_block);  // not yet published
   ASSERT_EQ(producer.try_push(bytes_of("m")), Status::ok);
   EXPECT_EQ(published_write_pos(), 64u);  // the 4th commit publishes
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(consumer.try_peek(msg), Status::ok);
+    consumer.release();
+  }
   ASSERT_EQ(producer.try_push(bytes_of("m")), Status::ok);
   EXPECT_EQ(published_write_pos(), 64u);
   producer.flush();
@@ -211,6 +233,11 @@ TEST_F(ByteRingTest, ProducerSeesConsumerCloseWhenFull) {
 TEST_F(ByteRingTest, CorruptRecordIsAProtocolError) {
   ByteRing::Consumer consumer(seg);
   std::span<const std::byte> msg;
+  const std::uint64_t past_published = make_record_header(kRecordData, 248);
+  seg.control().producer.write_pos.store(128, std::memory_order_relaxed);  // relaxed: one thread
+  std::memcpy(seg.data(), &past_published, 8);
+  EXPECT_EQ(consumer.try_peek(msg), Status::protocol_error);  // record ends past write_pos
+  seg.control().producer.write_pos.store(256, std::memory_order_relaxed);  // relaxed: one thread
   const std::uint64_t bad_type = make_record_header(7, 3);
   std::memcpy(seg.data(), &bad_type, 8);
   EXPECT_EQ(consumer.try_peek(msg), Status::protocol_error);
@@ -220,6 +247,13 @@ TEST_F(ByteRingTest, CorruptRecordIsAProtocolError) {
   const std::uint64_t bad_padding = make_record_header(kRecordPadding, 8);
   std::memcpy(seg.data(), &bad_padding, 8);
   EXPECT_EQ(consumer.try_peek(msg), Status::protocol_error);
+}
+
+TEST_F(ByteRingTest, ImpossibleWritePositionIsAProtocolError) {
+  ByteRing::Consumer consumer(seg);
+  seg.control().producer.write_pos.store(257, std::memory_order_relaxed);  // relaxed: one thread
+  std::span<const std::byte> msg;
+  EXPECT_EQ(consumer.try_peek(msg), Status::protocol_error);  // more than a ring ahead
 }
 
 TEST_F(ByteRingTest, ImpossibleReadPositionIsAProtocolError) {

@@ -2,7 +2,6 @@
 // Segment: creation, permissions, validation on join (each header field), stale reclaim,
 // anonymous segments, cleanup, hugepage policy.
 #include <fcntl.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -185,84 +184,6 @@ TEST_F(SegmentTest, AnonymousSegmentLeavesNoFileAndJoinsByDescriptor) {
   EXPECT_EQ(joiner.control().header.epoch, creator.control().header.epoch);
   EXPECT_EQ(error_of([&] { Segment::open_fd(creator.fd(), ByteRing::spec(1 << 15)); }),
             Errc::invalid_argument);
-}
-
-TEST_F(SegmentTest, RequiredHugepagesWithoutAPoolFailClearly) {
-  std::ifstream pool("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
-  int pages = -1;
-  pool >> pages;
-  if (pages != 0) GTEST_SKIP() << "the 2 MiB pool is not empty here (" << pages << " pages)";
-  SegmentOptions require;
-  require.huge_pages = HugePages::require;
-  EXPECT_EQ(error_of([&] { Segment::create_anonymous(ByteRing::spec(1 << 20), require); }),
-            Errc::unavailable);
-  SegmentOptions prefer;
-  prefer.huge_pages = HugePages::prefer;
-  auto seg = Segment::create_anonymous(ByteRing::spec(1 << 20), prefer);
-  EXPECT_EQ(seg.info().page_size, 4096u);
-  EXPECT_FALSE(seg.info().fallback.empty());  // says why it fell back
-}
-
-// Reserves 2 MiB pages and mounts a hugetlbfs for the test, restoring both afterwards.
-class HugePageSegmentTest : public SegmentTest {
- protected:
-  static constexpr const char* kPool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
-  void SetUp() override {
-    if (::geteuid() != 0) GTEST_SKIP() << "reserving hugepages needs root";
-    std::ifstream in(kPool);
-    if (!(in >> m_saved_pool)) GTEST_SKIP() << "this kernel has no 2 MiB hugepage pool";
-    write_pool(m_saved_pool + 8);
-    if (read_pool() < m_saved_pool + 8) GTEST_SKIP() << "the kernel granted too few hugepages";
-    m_mount = std::filesystem::temp_directory_path() / ("ferry-huge-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(m_mount);
-    if (::mount("none", m_mount.c_str(), "hugetlbfs", 0, "pagesize=2M,mode=0700") != 0)
-      GTEST_SKIP() << "cannot mount hugetlbfs: " << std::strerror(errno);
-    m_mounted = true;
-  }
-  void TearDown() override {
-    SegmentOptions o;
-    o.hugetlbfs_dir = m_mount.string();
-    Segment::remove(name, o);
-    if (m_mounted) ::umount(m_mount.c_str());
-    if (!m_mount.empty()) std::filesystem::remove(m_mount);
-    if (m_saved_pool >= 0) write_pool(m_saved_pool);
-  }
-  static void write_pool(long pages) { std::ofstream(kPool) << pages; }
-  static long read_pool() {
-    long v = -1;
-    std::ifstream(kPool) >> v;
-    return v;
-  }
-  long m_saved_pool = -1;
-  std::filesystem::path m_mount;
-  bool m_mounted = false;
-};
-
-TEST_F(HugePageSegmentTest, NamedRingOnHugetlbfs) {
-  SegmentOptions o;
-  o.huge_pages = HugePages::require;
-  o.hugetlbfs_dir = m_mount.string();
-  auto seg = Segment::create(name, ByteRing::spec(1 << 20), o);
-  EXPECT_EQ(seg.info().backing, "hugetlbfs");
-  EXPECT_EQ(seg.info().page_size, 2u << 20);
-  EXPECT_EQ(seg.info().mapped_bytes, 2u << 20);
-  auto joiner = Segment::open(name, ByteRing::spec(1 << 20), o);
-  EXPECT_EQ(joiner.info().page_size, 2u << 20);
-  ByteRing::Producer producer(seg);
-  ByteRing::Consumer consumer(joiner);
-  ASSERT_EQ(producer.try_push(std::as_bytes(std::span("huge"))), Status::ok);
-  std::span<const std::byte> msg;
-  EXPECT_EQ(consumer.try_peek(msg), Status::ok);
-}
-
-TEST_F(HugePageSegmentTest, AnonymousRingOnHugepages) {
-  SegmentOptions o;
-  o.huge_pages = HugePages::require;
-  auto seg = Segment::create_anonymous(ByteRing::spec(1 << 20), o);
-  EXPECT_EQ(seg.info().backing, "memfd-hugetlb");
-  EXPECT_EQ(seg.info().page_size, 2u << 20);
-  auto joiner = Segment::open_fd(seg.fd(), ByteRing::spec(1 << 20));
-  EXPECT_EQ(joiner.info().page_size, 2u << 20);
 }
 
 }  // namespace

@@ -35,21 +35,20 @@ namespace ferry::shm::layout {
 // so the adjacent-line prefetcher does not pair them. Positions are 64-bit and only grow;
 // a ring index is `position & (capacity - 1)`.
 //
-// Byte-ring record (8-byte aligned position; the header word is written last, with release,
-// and is the commit point):
+// Byte-ring record (8-byte aligned position; the header word is written after the payload,
+// and the publication of write_pos that covers the record is the commit point):
 //
 //    63                     32 31                      0
 //   +-------------------------+-------------------------+
 //   |  type: 0 none, 1 data,  |  length: payload bytes  |  header word (std::uint64_t)
 //   |        2 padding        |                         |
 //   +-------------------------+-------------------------+
-//   |  payload (length bytes), then zero-filled up to a multiple of 8                   |
+//   |  payload (length bytes), then unspecified bytes up to a multiple of 8             |
 //   +-----------------------------------------------------------------------------------+
 //
 // A padding record fills the tail of the region when the next record does not fit before
 // the end, so every payload is contiguous; its length runs to the end of the region.
-// The producer zeroes the header word that follows a record before committing the record,
-// so the word at the producer's position always reads 0 (type none) until it is committed.
+// A consumer reads only below the published write_pos and checks every header against it.
 //
 // Overwrite-ring slot: [sequence word][payload words...]; sequence 2*pos+1 while slot `pos`
 // is being written, 2*pos+2 once written (see overwrite_ring.hpp).

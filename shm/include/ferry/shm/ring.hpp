@@ -5,16 +5,17 @@
 // Design (see layout.hpp for the bytes):
 // - One producer process/thread and one consumer; 64-bit positions that only grow.
 // - A record is an 8-byte header word + payload, 8-byte aligned. The producer writes the
-//   payload, zeroes the header word that follows the record, then stores the record's header
-//   with release: that store is the commit point. The consumer acquires the header word at its
-//   position; a non-zero word is a complete record. So a spinning consumer sees each record
-//   as soon as it is committed, whatever the publication batch.
+//   payload, then the header (length last), then publishes write_pos: every `batch` commits,
+//   at flush(), when the ring is full, when the consumer announced sleep, and before any
+//   blocking wait. The publication is the commit point the consumer acquires.
+// - Each side caches the other's position in its own memory: the consumer reloads write_pos
+//   only after reading everything up to the cached value, the producer reloads read_pos only
+//   when its cached value says the ring is full. So in a stream each side touches the other's
+//   line once per batch, and reads only cache lines the other side has finished writing.
 // - When a record does not fit before the end of the region, a padding record fills the tail
 //   and the record starts at offset 0: every payload is one contiguous span (zero-copy).
-// - The published positions (write_pos, read_pos) serve flow control and the sleep/wake
-//   handshake: the producer needs read_pos only when its cached copy says the ring is full,
-//   and publishes write_pos every `batch` commits (seq_cst, then it checks whether the
-//   consumer sleeps: see wait.hpp). The streaming fast path makes no system call.
+// - The publication is a seq_cst store followed by a check whether the consumer sleeps (the
+//   handshake in wait.hpp): the streaming fast path makes no system call.
 // - Everything read from the segment is validated: a bad header word or position is
 //   Status::protocol_error, never an out-of-bounds access.
 #pragma once
@@ -36,7 +37,7 @@ class ByteRing {
 
   /// Largest message a ring of `capacity` bytes accepts.
   static constexpr std::uint64_t max_message_size(std::uint64_t capacity) noexcept {
-    return std::min<std::uint64_t>(capacity - 2 * layout::kRecordHeaderSize, 0xffffffffu);
+    return std::min<std::uint64_t>(capacity - layout::kRecordHeaderSize, 0xffffffffu);
   }
 
   /// The producer end. Thread: one producer thread at a time. Movable, not copyable.
@@ -61,15 +62,12 @@ class ByteRing {
         const std::uint64_t index = m_write_pos & m_mask;
         const std::uint64_t to_end = m_capacity - index;
         if (rec <= to_end) {
-          // + one header word: the commit zeroes the word after the record.
-          if (const Status s = ensure_space(rec + layout::kRecordHeaderSize); s != Status::ok)
-            return s;
+          if (const Status s = ensure_space(rec); s != Status::ok) return s;
           out = {m_data + index + layout::kRecordHeaderSize, n};
           m_reserved = n;
           return Status::ok;
         }
-        if (const Status s = ensure_space(to_end + layout::kRecordHeaderSize); s != Status::ok)
-          return s;
+        if (const Status s = ensure_space(to_end); s != Status::ok) return s;
         write_padding(index, to_end);
       }
     }
@@ -77,15 +75,11 @@ class ByteRing {
     /// Commits the first `n` bytes of the last reservation as one message.
     /// Requires: a successful try_reserve(m) (or reserve(m)) with n <= m, not yet committed.
     void commit(std::size_t n) noexcept {
-      const std::uint64_t rec = layout::record_size(n);
-      const std::uint64_t index = m_write_pos & m_mask;
-      // relaxed: published by the release store of this record's header just below.
-      word((index + rec) & m_mask).store(0, std::memory_order_relaxed);
-      // sync(ring.commit) release: payload and the zeroed next word are visible before the
-      // header. Partner: acquire load of the header word in Consumer::try_peek().
-      word(index).store(layout::make_record_header(layout::kRecordData, static_cast<std::uint32_t>(n)),
-                        std::memory_order_release);
-      m_write_pos += rec;
+      // relaxed: published with the payload by the seq_cst store of write_pos in publish().
+      word(m_write_pos & m_mask)
+          .store(layout::make_record_header(layout::kRecordData, static_cast<std::uint32_t>(n)),
+                 std::memory_order_relaxed);
+      m_write_pos += layout::record_size(n);
       m_reserved = 0;
       after_commit();
     }
@@ -134,15 +128,13 @@ class ByteRing {
       return full_status();
     }
 
+    // Fills the tail of the region; published with the next record.
     void write_padding(std::uint64_t index, std::uint64_t to_end) noexcept {
-      // relaxed: published by the release store of the padding header below.
-      word(0).store(0, std::memory_order_relaxed);
-      // sync(ring.commit) release: the zeroed word at offset 0 is visible before the padding.
-      // Partner: acquire load of the header word in Consumer::try_peek().
+      // relaxed: published by the seq_cst store of write_pos in publish().
       word(index).store(
           layout::make_record_header(layout::kRecordPadding,
                                      static_cast<std::uint32_t>(to_end - layout::kRecordHeaderSize)),
-          std::memory_order_release);
+          std::memory_order_relaxed);
       m_write_pos += to_end;
     }
 
@@ -159,7 +151,7 @@ class ByteRing {
           m_max_message(ByteRing::max_message_size(m_capacity)) {}
     Consumer(Consumer&&) noexcept = default;
 
-    /// The next message, in place (zero-copy); valid until release(). Calling it again
+    /// The next published message, in place (zero-copy); valid until release(). Calling it again
     /// before release() returns the same message. Never blocks, allocates or throws.
     /// Returns would_block (empty), closed (producer closed and everything was read),
     /// protocol_error (corrupt record).
@@ -168,30 +160,26 @@ class ByteRing {
         out = m_peek;
         return Status::ok;
       }
-      bool closed_seen = false;
       for (;;) {
+        if (m_read_pos == m_cached_write_pos) {
+          if (const Status s = refresh_write_pos(); s != Status::ok) return s;
+        }
         const std::uint64_t index = m_read_pos & m_mask;
-        // sync(ring.commit) acquire: pairs with the release store of the header word in
-        // Producer::commit() / write_padding(); the payload is visible.
-        const std::uint64_t header = word(index).load(std::memory_order_acquire);
+        // relaxed: ordered by the acquire load of write_pos in refresh_write_pos().
+        const std::uint64_t header = word(index).load(std::memory_order_relaxed);
         const std::uint32_t type = layout::record_type(header);
         const std::uint64_t length = layout::record_length(header);
         const std::uint64_t to_end = m_capacity - index;
-        if (type == layout::kRecordNone) {
-          if (closed_seen) return Status::closed;
-          const Status s = empty_status();
-          if (s != Status::closed) return s;
-          closed_seen = true;  // look once more: the close came after every commit
-          continue;
-        }
+        const std::uint64_t published = m_cached_write_pos - m_read_pos;
         if (type == layout::kRecordPadding) {
-          if (length != to_end - layout::kRecordHeaderSize) return Status::protocol_error;
+          if (length != to_end - layout::kRecordHeaderSize || to_end > published)
+            return Status::protocol_error;
           m_read_pos += to_end;
           m_dirty = true;
           continue;
         }
         if (type != layout::kRecordData || length > m_max_message ||
-            layout::record_size(length) > to_end)
+            layout::record_size(length) > std::min(to_end, published))
           return Status::protocol_error;
         m_peek = {m_data + index + layout::kRecordHeaderSize, static_cast<std::size_t>(length)};
         m_peeked = layout::record_size(length);
@@ -222,7 +210,7 @@ class ByteRing {
     }
 
     /// Blocking try_peek: waits up to `timeout`. Throws ferry::Error: timed_out, closed,
-    /// peer_lost (the producer died; what it committed was read first), protocol_error.
+    /// peer_lost (the producer died; what it published was read first), protocol_error.
     std::span<const std::byte> peek(std::chrono::nanoseconds timeout = kForever) {
       std::span<const std::byte> out;
       Status s = try_peek(out);

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Ring<T>: lossless single-producer/single-consumer ring of fixed slots holding a trivially
 // copyable T (que's and rigtorp's shape). Slots become visible with the publication of
-// write_pos (every `batch` pushes, at flush(), and before any blocking wait).
+// write_pos (every `batch` pushes, at flush(), when full, and before any blocking wait).
 // Layer: shm/ (header-only hot path).
 #pragma once
 
@@ -69,7 +69,7 @@ class Ring {
     /// Never blocks, allocates or throws: ok, would_block (empty), closed, protocol_error.
     [[nodiscard]] Status try_pop(T& out) noexcept {
       if (m_read_pos == m_cached_write_pos) {
-        if (const Status s = refresh(); s != Status::ok) return s;
+        if (const Status s = refresh_write_pos(); s != Status::ok) return s;
       }
       std::memcpy(&out, m_data + (m_read_pos & m_mask) * kSlotSize, sizeof(T));
       ++m_read_pos;
@@ -87,23 +87,6 @@ class Ring {
       return value;
     }
 
-   private:
-    Status refresh() noexcept {
-      for (int pass = 0; pass < 2; ++pass) {
-        // sync(ring.publish) acquire: pairs with the seq_cst (release) store of write_pos in
-        // ProducerEnd::publish(); the slots before it are written.
-        const std::uint64_t write_pos = m_ctl->producer.write_pos.load(std::memory_order_acquire);
-        if (write_pos < m_read_pos || write_pos - m_read_pos > m_capacity)
-          return Status::protocol_error;
-        m_cached_write_pos = write_pos;
-        if (write_pos != m_read_pos) return Status::ok;
-        const Status s = empty_status();
-        if (s != Status::closed || pass == 1) return s;  // closed: look once more
-      }
-      return Status::closed;
-    }
-
-    std::uint64_t m_cached_write_pos = 0;
   };
 
  private:

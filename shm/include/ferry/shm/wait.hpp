@@ -54,9 +54,10 @@ struct WaitOptions {
 struct ProducerOptions {
   WaitOptions wait{};
   /// Publish write_pos every `batch` commits (1: every commit). Larger batches save a full
-  /// barrier per message. A consumer that sleeps is still woken at the next commit once it
-  /// has announced sleep, at flush(), when the ring is full and at every blocking call; a
-  /// byte-ring consumer that spins sees each record at once whatever the batch.
+  /// barrier and a cache-line handoff per message; messages become visible at publication:
+  /// every `batch` commits, at flush(), when the ring is full or half a ring is unpublished,
+  /// at the next commit once the consumer has announced that it sleeps, and before any
+  /// blocking wait. Call flush() when a burst ends.
   std::uint32_t batch = 1;
 };
 
@@ -115,7 +116,8 @@ Status wait_until(const WaitOptions& options, std::atomic<std::uint32_t>& flag,
     return Status::would_block;
   };
 
-  for (std::uint32_t i = 0;; ++i) {
+  const bool may_spin = options.mode == WaitMode::spin || options.spin.count() > 0;
+  for (std::uint32_t i = 0; may_spin; ++i) {
     if (const Status s = poll(); s != Status::would_block) return s;
     cpu_relax();
     if ((i & 63) == 63) {

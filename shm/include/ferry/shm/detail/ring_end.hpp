@@ -147,8 +147,10 @@ class ProducerEnd : public RingEnd {
   std::uint64_t m_half_capacity;
 };
 
-/// Consumer side: owns read_pos, published with release on every release (a store to the
-/// consumer's own line, read by the producer only when it finds the ring full).
+/// Consumer side: owns read_pos. Released space is published in batches (every sixteenth of
+/// the ring), and always when the ring runs empty, when the producer announced that it
+/// sleeps, and at close: so a full ring moves the consumer's line once per batch, not once
+/// per message.
 class ConsumerEnd : public RingEnd {
  public:
   /// Marks the ring closed for reading; the producer's next full ring reports closed.
@@ -163,11 +165,15 @@ class ConsumerEnd : public RingEnd {
   ConsumerEnd(ConsumerEnd&& other) noexcept;
   ~ConsumerEnd() { close(); }
 
+  // After a release.
   void store_read_pos() noexcept {
-    // sync(ring.free) release: our reads of the released space happen before the producer
-    // reuses it. Partner: acquire load of read_pos in ProducerEnd::refresh_read_pos().
-    m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_release);
     m_dirty = true;
+    if (m_read_pos - m_stored_read_pos >= m_read_batch) {
+      // sync(ring.free) release: our reads of the released space happen before the producer
+      // reuses it. Partner: acquire load of read_pos in ProducerEnd::refresh_read_pos().
+      m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_release);
+      m_stored_read_pos = m_read_pos;
+    }
     // relaxed: a hint only; a producer that sleeps anyway is woken by publish_read() when
     // this consumer next finds the ring empty, which it must reach before the producer can
     // need more space.
@@ -176,19 +182,32 @@ class ConsumerEnd : public RingEnd {
 
   void publish_read() noexcept {
     // sync(ring.wake) seq_cst store: pairs with the producer's seq_cst store of
-    // producer_sleeping and its seq_cst load of read_pos in wait_for_space().
+    // producer_sleeping and its seq_cst load of read_pos in wait_for_space(). Also the
+    // release of ring.free (see store_read_pos()).
     m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_seq_cst);
+    m_stored_read_pos = m_read_pos;
     m_dirty = false;
     wake_if_sleeping(m_ctl->wait.producer_sleeping);
   }
 
-  // The status of a consumer that found the ring empty.
-  [[nodiscard]] Status empty_status() noexcept {
-    if (m_dirty) publish_read();
-    // sync(ring.close) acquire: pairs with the seq_cst store in ProducerEnd::close(), made
-    // after every commit; the caller polls once more before reporting closed.
-    if (m_ctl->wait.producer_closed.load(std::memory_order_acquire) != 0) return Status::closed;
-    return Status::would_block;
+  // Reloads the producer's published position when everything up to the cached one was
+  // read. ok: more to read; otherwise would_block, closed or protocol_error.
+  [[nodiscard]] Status refresh_write_pos() noexcept {
+    for (int pass = 0; pass < 2; ++pass) {
+      // sync(ring.publish) acquire: pairs with the seq_cst (so also release) store of
+      // write_pos in ProducerEnd::publish(); every record or slot before it is written.
+      const std::uint64_t write_pos = m_ctl->producer.write_pos.load(std::memory_order_acquire);
+      if (write_pos < m_read_pos || write_pos - m_read_pos > m_capacity)
+        return Status::protocol_error;
+      m_cached_write_pos = write_pos;
+      if (write_pos != m_read_pos) return Status::ok;
+      if (m_dirty) publish_read();
+      // sync(ring.close) acquire: pairs with the seq_cst store in ProducerEnd::close(), made
+      // after the last publication: look at write_pos once more before reporting closed.
+      if (m_ctl->wait.producer_closed.load(std::memory_order_acquire) == 0)
+        return Status::would_block;
+    }
+    return Status::closed;
   }
 
   template <class Poll>
@@ -205,7 +224,10 @@ class ConsumerEnd : public RingEnd {
   }
 
   std::uint64_t m_read_pos = 0;
-  bool m_dirty = false;  // read_pos stored without the seq_cst publication
+  std::uint64_t m_stored_read_pos = 0;   // last value stored to the segment's read_pos
+  std::uint64_t m_cached_write_pos = 0;  // the producer's position as last seen
+  std::uint64_t m_read_batch;            // store read_pos after this many units
+  bool m_dirty = false;  // released since the last seq_cst publication
 };
 
 }  // namespace ferry::shm::detail
