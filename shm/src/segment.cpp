@@ -658,10 +658,10 @@ bool Segment::remove(std::string_view name, const SegmentOptions& options) {
   validate_name(name);
   const std::string file = segment_file_name(name);
   bool removed = false;
-  while (const auto where = find_existing(file, options)) {
-    unlink_location(file, *where);
-    removed = true;
-  }
+  // Each location once: a name can exist in /dev/shm and on a hugetlbfs mount.
+  if (bip::shared_memory_object::remove(file.c_str())) removed = true;
+  for (const auto& m : hugetlbfs_mounts(options))
+    if (::unlink((m.dir + "/" + file).c_str()) == 0) removed = true;
   return removed;
 }
 

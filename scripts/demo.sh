@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The main job: installs what is missing, builds Ferry, and shows what it does with figures
+# measured on this machine. Today: the shared-memory ring between two processes (one-way
+# throughput table and round trips); later issues add Communicator messaging, local and remote.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+
+# Same configuration as scripts/test.sh, so the two commands share one build.
+cmake -S . -B build -G Ninja -DFERRY_WARNINGS_AS_ERRORS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)" --target ferry_bench_tool >/dev/null
+bench=build/bin/ferry-bench
+seconds=${FERRY_DEMO_SECONDS:-1}
+reps=${FERRY_DEMO_REPS:-3}
+
+echo "== Machine"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
+echo "Kernel: $(uname -r); 2 MiB hugepages reserved: $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages 2>/dev/null || echo n/a)"
+echo
+echo "== One-way streaming, two processes pinned to CPUs 0 and 1, copy in and out"
+echo "   (each figure: median of $reps runs of ${seconds} s; lost must be 0)"
+"$bench" ring --size 8,64,1264,64K,2M --batch 64 --seconds "$seconds" --reps "$reps"
+echo
+echo "-- publication of every message (batch 1) instead of every 64"
+"$bench" ring --size 8,64 --batch 1 --seconds "$seconds" --reps "$reps" | tail -n +3
+echo
+echo "-- zero-copy (reserve/commit, peek/release; only the sequence number is touched)"
+"$bench" ring --size 64,64K,2M --batch 64 --zero-copy --seconds "$seconds" --reps "$reps" | tail -n +3
+echo
+echo "-- spin-then-sleep consumer vs spinning consumer (64 B and 64 KiB, batch 64)"
+"$bench" ring --size 64,64K --batch 64 --wait spin --seconds "$seconds" --reps "$reps" | tail -n +3 | sed 's/$/   (spin)/'
+"$bench" ring --size 64,64K --batch 64 --wait block --seconds "$seconds" --reps "$reps" | tail -n +3 | sed 's/$/   (spin, then sleep)/'
+echo
+echo "== Round trips of 64 B messages"
+"$bench" ring-pingpong --size 64 --count 200000 --wait spin
+"$bench" ring-pingpong --size 64 --count 5000 --wait spin --echo-wait sleep --interval-us 200
+
+# Hugepage-backed rings: only where this user may reserve pages for the run (restored after).
+pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+if [ "$(id -u)" -eq 0 ] && [ -w "$pool" ]; then
+  saved=$(cat "$pool")
+  trap 'echo "$saved" > "$pool"' EXIT
+  bash scripts/hugepages.sh reserve $((saved + 8)) --size 2M >/dev/null || true
+  echo
+  echo "== The same ring on 2 MiB hugepages (pool raised to $(cat "$pool") for this run, restored after)"
+  "$bench" ring --size 64,64K,2M --batch 64 --hugepages --seconds "$seconds" --reps "$reps" | tail -n +2
+else
+  echo
+  echo "(hugepage rows skipped: reserving pages needs root; see scripts/hugepages.sh)"
+fi

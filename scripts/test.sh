@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The test command: installs what is missing, configures, builds, runs every ctest label.
+#   scripts/test.sh            RelWithDebInfo build in build/, all tests
+#   scripts/test.sh asan       ASan+UBSan build in build-asan/, all tests
+#   scripts/test.sh tsan       TSan build (clang) in build-tsan/, unit and stress tests
+# Extra arguments after the mode go to ctest (e.g. scripts/test.sh default -L unit).
+# FERRY_STRESS_ITERS scales the stress tests; FERRY_MP_MESSAGES the multi-process transfers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-default}
+[ $# -gt 0 ] && shift
+bash scripts/setup.sh
+
+jobs=$(nproc)
+common=(-G Ninja -DFERRY_WARNINGS_AS_ERRORS=ON)
+ctest_args=(--output-on-failure -j"$jobs")
+case "$mode" in
+  default)
+    dir=build
+    cmake -S . -B "$dir" "${common[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
+  asan)
+    dir=build-asan
+    cmake -S . -B "$dir" "${common[@]}" -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZER=address
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ;;
+  tsan)
+    dir=build-tsan
+    cmake -S . -B "$dir" "${common[@]}" -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZER=thread \
+      -DCMAKE_CXX_COMPILER=clang++-14 -DFERRY_BUILD_BENCHMARKS=OFF -DFERRY_BUILD_TOOLS=OFF
+    # TSan sees one address space: multi-process tests cannot be checked by it.
+    ctest_args+=(-L "unit|stress" -LE script)
+    export TSAN_OPTIONS=halt_on_error=1 ;;
+  *)
+    echo "usage: scripts/test.sh [default|asan|tsan] [ctest args...]" >&2
+    exit 2 ;;
+esac
+cmake --build "$dir" -j"$jobs"
+ctest --test-dir "$dir" "${ctest_args[@]}" "$@"
