@@ -33,9 +33,9 @@ int exit_code_of(Errc e) { return 10 + static_cast<int>(e); }
 class RingMultiProc : public ::testing::Test {
  protected:
   void TearDown() override {
+    const bool left = std::filesystem::exists("/dev/shm/" + segment_file_name(name));
     Segment::remove(name);
-    EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + segment_file_name(name)))
-        << "segment file left behind";
+    EXPECT_FALSE(left) << "segment file left behind";
   }
   std::vector<std::string> peer(const std::string& mode, std::uint64_t count = 0,
                                 std::uint64_t seed = 0) {
@@ -79,11 +79,12 @@ TEST_F(RingMultiProc, ConsumerStartedFirstCreatesAndWaits) {
   EXPECT_EQ(producer.wait(seconds(30)), 0);
 }
 
+// The producer is also the segment's creator: the surviving consumer unlinks the name.
 TEST_F(RingMultiProc, ProducerKilledMidStreamIsPeerLostPromptly) {
-  auto seg = Segment::create(name, ByteRing::spec(1 << 20));
-  ByteRing::Consumer consumer(seg);
-  Child producer(peer("produce-forever"), -1, true);
+  Child producer(with(peer("produce-forever"), {"--create"}), -1, true);
   ASSERT_EQ(producer.read_line(), "ready");
+  auto seg = Segment::open(name, ByteRing::spec(0));
+  ByteRing::Consumer consumer(seg);
   std::uint64_t i = 0;
   for (; i < 20'000; ++i) {
     const auto msg = consumer.peek(seconds(10));
