@@ -340,6 +340,15 @@ Segment& Segment::operator=(Segment&& other) noexcept {
 
 Segment::~Segment() { reset(); }
 
+void Segment::finish_create(std::byte* base, std::size_t bytes, const RingSpec& spec,
+                            bool prefault_pages) {
+  m_base = base;
+  m_info.mapped_bytes = bytes;
+  m_control = reinterpret_cast<Control*>(base);
+  if (prefault_pages) prefault(m_base, bytes, m_info.page_size);
+  init_header(*m_control, spec, bytes, m_info.page_size);
+}
+
 void Segment::reset() noexcept {
   if (m_base == nullptr) return;
   // A named segment is unlinked by its creator, or by a joiner once the creator is dead, and
@@ -493,11 +502,7 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
     ::fstat(seg.m_fd, &st);
     seg.m_inode = st.st_ino;
     seg.m_device = st.st_dev;
-    seg.m_base = mapping->base;
-    seg.m_info.mapped_bytes = mapping->bytes;
-    seg.m_control = reinterpret_cast<Control*>(mapping->base);
-    if (options.prefault) prefault(seg.m_base, mapping->bytes, seg.m_info.page_size);
-    init_header(*seg.m_control, spec, mapping->bytes, seg.m_info.page_size);
+    seg.finish_create(mapping->base, mapping->bytes, spec, options.prefault);
     return seg;
   }
   fail(Errc::address_in_use, "cannot create " + what + ": the name keeps changing hands");
@@ -618,11 +623,7 @@ Segment Segment::create_anonymous(const RingSpec& spec, const SegmentOptions& op
     if (!mapping) fail_errno("cannot size or map an anonymous segment", errno);
     if (options.huge_pages == HugePages::prefer) advise_thp(*mapping, seg.m_info);
   }
-  seg.m_base = mapping->base;
-  seg.m_info.mapped_bytes = mapping->bytes;
-  seg.m_control = reinterpret_cast<Control*>(mapping->base);
-  if (options.prefault) prefault(seg.m_base, mapping->bytes, seg.m_info.page_size);
-  init_header(*seg.m_control, spec, mapping->bytes, seg.m_info.page_size);
+  seg.finish_create(mapping->base, mapping->bytes, spec, options.prefault);
   return seg;
 }
 

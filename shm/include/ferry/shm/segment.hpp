@@ -103,6 +103,8 @@ class Segment {
 
  private:
   Segment() = default;
+  // Adopts a new mapping of a segment this process created, prefaults it, writes the header.
+  void finish_create(std::byte* base, std::size_t bytes, const RingSpec& spec, bool prefault_pages);
   void reset() noexcept;
 
   std::byte* m_base = nullptr;
@@ -111,8 +113,6 @@ class Segment {
   SegmentInfo m_info;
   std::uint64_t m_inode = 0;  // to unlink only the file we mapped
   std::uint64_t m_device = 0;
-
-  friend struct SegmentAccess;
 };
 
 /// The name of the file a named segment uses in /dev/shm or on a hugetlbfs mount.
