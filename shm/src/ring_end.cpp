@@ -54,10 +54,11 @@ ProducerEnd::ProducerEnd(Segment& segment, RingKind kind, const WaitOptions& wai
     : RingEnd(segment, kind, Role::producer, wait),
       m_batch(batch == 0 ? 1 : batch),
       m_half_capacity(m_capacity / 2 == 0 ? 1 : m_capacity / 2) {
-  // acquire: the producer role was never held before (attach), so these are the creator's
-  // initial positions; pairs with the release store of the segment state.
+  // sync(segment.ready) acquire: the role was never held before (attach), so these are the
+  // creator's initial positions, released with the segment state.
   m_write_pos = m_ctl->producer.write_pos.load(std::memory_order_acquire);
   m_published_pos = m_write_pos;
+  // sync(segment.ready) acquire: as above.
   m_cached_read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
   if (m_cached_read_pos > m_write_pos || m_write_pos - m_cached_read_pos > m_capacity)
     throw Error(Errc::protocol_error, "segment has impossible ring positions");
@@ -85,7 +86,7 @@ void ProducerEnd::close() noexcept {
 ConsumerEnd::ConsumerEnd(Segment& segment, RingKind kind, const WaitOptions& wait)
     : RingEnd(segment, kind, Role::consumer, wait),
       m_read_batch(m_capacity / 16 == 0 ? 1 : m_capacity / 16) {
-  // acquire: the creator's initial position (see ProducerEnd).
+  // sync(segment.ready) acquire: the creator's initial position (see ProducerEnd).
   m_read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
   m_cached_write_pos = m_read_pos;
   m_stored_read_pos = m_read_pos;

@@ -46,7 +46,8 @@ class OverwriteRing {
                     "the overwrite ring's writer role is held by pid " +
                         std::to_string(layout::identity_pid(expected)));
       m_mask = m_ctl->header.capacity - 1;
-      // acquire: initial position written by the creator (segment state release).
+      // sync(segment.ready) acquire: the creator's initial position; the segment's state was
+      // released after it.
       m_pos = m_ctl->producer.write_pos.load(std::memory_order_acquire);
     }
     Writer(const Writer&) = delete;
@@ -110,7 +111,8 @@ class OverwriteRing {
         : m_ctl(&segment.control()), m_data(segment.data()), m_wait(wait) {
       check(segment);
       m_capacity = m_ctl->header.capacity;
-      // acquire: pairs with the seq_cst store of write_pos in Writer::write().
+      // sync(ring.publish) acquire: pairs with the seq_cst store of write_pos in
+      // Writer::write().
       const std::uint64_t w = m_ctl->producer.write_pos.load(std::memory_order_acquire);
       m_pos = w > m_capacity ? w - m_capacity : 0;
     }
@@ -202,7 +204,8 @@ class OverwriteRing {
     // Moves to the oldest position the writer cannot be overwriting; returns how many
     // messages were skipped.
     std::uint64_t skip_ahead() noexcept {
-      // acquire: pairs with the seq_cst store of write_pos in Writer::write().
+      // sync(ring.publish) acquire: pairs with the seq_cst store of write_pos in
+      // Writer::write().
       const std::uint64_t w = m_ctl->producer.write_pos.load(std::memory_order_acquire);
       // Keep one slot of slack: the writer may already be overwriting the oldest one.
       const std::uint64_t oldest = w > m_capacity - 1 ? w - (m_capacity - 1) : 0;

@@ -80,11 +80,11 @@ class ProducerEnd : public RingEnd {
   ~ProducerEnd() { close(); }
 
   void publish() noexcept {
-    // sync(ring.wake) seq_cst store: pairs with the consumer's seq_cst store of
-    // consumer_sleeping and its seq_cst load of write_pos in wait_until(): either it sees
-    // this position or wake_if_sleeping() below sees it sleeping. Also a release for the
-    // typed ring, whose slots become visible with this store.
-    // Partner: acquire load of write_pos in Ring<T>::Consumer::try_peek().
+    // sync(ring.wake): with the seq_cst load in wake_if_sleeping(), pairs with the consumer's
+    // seq_cst store of consumer_sleeping, then load of write_pos, in wait_until(): either it
+    // sees this position or we see it sleeping.
+    // sync(ring.publish) seq_cst store: releases the records/slots before m_write_pos.
+    // Partner: acquire load of write_pos in ConsumerEnd::refresh_write_pos().
     m_ctl->producer.write_pos.store(m_write_pos, std::memory_order_seq_cst);
     m_published_pos = m_write_pos;
     m_unpublished = 0;
@@ -105,8 +105,8 @@ class ProducerEnd : public RingEnd {
 
   // Reloads the consumer's position; false if it is impossible (corrupt or hostile peer).
   [[nodiscard]] bool refresh_read_pos() noexcept {
-    // sync(ring.free) acquire: pairs with the consumer's release store of read_pos in
-    // release()/try_pop(); its reads of the freed space are complete before we reuse it.
+    // sync(ring.free) acquire: pairs with the consumer's release/seq_cst store of read_pos in
+    // store_read_pos()/publish_read(); its reads of the freed space are complete.
     const std::uint64_t read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
     if (read_pos > m_write_pos || m_write_pos - read_pos > m_capacity) return false;
     m_cached_read_pos = read_pos;
