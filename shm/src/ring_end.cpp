@@ -47,7 +47,8 @@ RingEnd::RingEnd(RingEnd&& other) noexcept
       m_data(other.m_data),
       m_capacity(other.m_capacity),
       m_mask(other.m_mask),
-      m_wait(other.m_wait) {}
+      m_wait(other.m_wait),
+      m_closed(other.m_closed) {}
 
 ProducerEnd::ProducerEnd(Segment& segment, RingKind kind, const WaitOptions& wait,
                          std::uint32_t batch)
@@ -74,13 +75,13 @@ ProducerEnd::ProducerEnd(ProducerEnd&& other) noexcept
       m_half_capacity(other.m_half_capacity) {}
 
 void ProducerEnd::close() noexcept {
-  if (m_ctl == nullptr) return;
+  if (m_ctl == nullptr || m_closed) return;
   flush();
   // sync(ring.close) seq_cst store: after every commit; pairs with the consumer's acquire
   // load in refresh_write_pos() and its seq_cst re-check before sleeping.
   m_ctl->wait.producer_closed.store(1, std::memory_order_seq_cst);
   wake_if_sleeping(m_ctl->wait.consumer_sleeping);
-  m_ctl = nullptr;
+  m_closed = true;
 }
 
 ConsumerEnd::ConsumerEnd(Segment& segment, RingKind kind, const WaitOptions& wait)
@@ -101,13 +102,13 @@ ConsumerEnd::ConsumerEnd(ConsumerEnd&& other) noexcept
       m_dirty(other.m_dirty) {}
 
 void ConsumerEnd::close() noexcept {
-  if (m_ctl == nullptr) return;
+  if (m_ctl == nullptr || m_closed) return;
   publish_read();
   // sync(ring.close) seq_cst store: pairs with the producer's acquire load in full_status()
   // and its seq_cst re-check before sleeping.
   m_ctl->wait.consumer_closed.store(1, std::memory_order_seq_cst);
   wake_if_sleeping(m_ctl->wait.producer_sleeping);
-  m_ctl = nullptr;
+  m_closed = true;
 }
 
 }  // namespace ferry::shm::detail

@@ -379,8 +379,29 @@ std::optional<Mapping> size_and_map(int fd, const RingSpec& spec, std::size_t pa
   return Mapping{static_cast<std::byte*>(p), bytes};
 }
 
+// The active transparent-hugepage mode for shared memory: the bracketed word of
+// /sys/kernel/mm/transparent_hugepage/shmem_enabled, or "" if unknown.
+std::string shmem_thp_mode() {
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string word;
+  while (in >> word)
+    if (word.size() > 2 && word.front() == '[' && word.back() == ']')
+      return word.substr(1, word.size() - 2);
+  return "";
+}
+
+// Asks for transparent hugepages on a shared-memory mapping and records whether the kernel
+// can honour it; never claims hugepages the kernel will not give.
 void advise_thp(Mapping m, SegmentInfo& info) {
-  info.thp_advised = ::madvise(m.base, m.bytes, MADV_HUGEPAGE) == 0;
+  const std::string mode = shmem_thp_mode();
+  const bool advised = ::madvise(m.base, m.bytes, MADV_HUGEPAGE) == 0;
+  info.thp_advised = advised && (mode == "advise" || mode == "always" || mode == "within_size" ||
+                                 mode == "force");
+  if (!info.thp_advised) {
+    info.fallback += std::string(info.fallback.empty() ? "" : "; ") +
+                     "transparent hugepages for shared memory are off (shmem_enabled=" +
+                     (mode.empty() ? "unknown" : mode) + ")";
+  }
 }
 
 }  // namespace

@@ -53,6 +53,9 @@ TEST(HugePagePolicy, RequiredHugepagesWithoutAPoolFailClearlyAndPreferFallsBack)
   auto seg = Segment::create_anonymous(ByteRing::spec(1 << 20), prefer);
   EXPECT_EQ(seg.info().page_size, 4096u);
   EXPECT_FALSE(seg.info().fallback.empty());  // says why it fell back, never silently
+  if (!seg.info().thp_advised) {  // and does not claim transparent hugepages it cannot get
+    EXPECT_NE(seg.info().fallback.find("shmem_enabled="), std::string::npos) << seg.info().fallback;
+  }
 }
 
 class HugePageTest : public ::testing::Test {

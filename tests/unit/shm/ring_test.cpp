@@ -219,6 +219,22 @@ TEST_F(ByteRingTest, ConsumerReadsEverythingThenSeesClosed) {
   }
 }
 
+TEST_F(ByteRingTest, EndsReportClosedAfterTheirOwnClose) {
+  ByteRing::Producer producer(seg);
+  ByteRing::Consumer consumer(seg);
+  producer.close();
+  EXPECT_EQ(producer.try_push(bytes_of("late")), Status::closed);
+  EXPECT_THROW(producer.push(bytes_of("late")), Error);
+  consumer.close();
+  std::span<const std::byte> msg;
+  EXPECT_EQ(consumer.try_peek(msg), Status::closed);
+}
+
+TEST(SegmentOptions, DesignatedInitialisersCompileWithEveryWarning) {
+  auto seg = Segment::create_anonymous(ByteRing::spec(4096), {.huge_pages = HugePages::off});
+  EXPECT_EQ(seg.info().page_size, 4096u);
+}
+
 TEST_F(ByteRingTest, ProducerSeesConsumerCloseWhenFull) {
   ByteRing::Producer producer(seg);
   {

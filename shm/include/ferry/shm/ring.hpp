@@ -56,6 +56,7 @@ class ByteRing {
     /// Never blocks, allocates or throws. Returns would_block (full), closed (consumer
     /// closed), message_too_large (n > max_message_size()), protocol_error.
     [[nodiscard]] Status try_reserve(std::size_t n, std::span<std::byte>& out) noexcept {
+      if (m_closed) [[unlikely]] return Status::closed;
       if (n > m_max_message) return Status::message_too_large;
       const std::uint64_t rec = layout::record_size(n);
       for (;;) {
@@ -156,6 +157,7 @@ class ByteRing {
     /// Returns would_block (empty), closed (producer closed and everything was read),
     /// protocol_error (corrupt record).
     [[nodiscard]] Status try_peek(std::span<const std::byte>& out) noexcept {
+      if (m_closed) [[unlikely]] return Status::closed;
       if (m_peeked != 0) {
         out = m_peek;
         return Status::ok;

@@ -34,7 +34,7 @@ struct RingSpec {
 struct SegmentOptions {
   HugePages huge_pages = HugePages::off;
   /// hugetlbfs mount for named hugepage segments; empty: the mounts in /proc/mounts.
-  std::string hugetlbfs_dir;
+  std::string hugetlbfs_dir{};
   unsigned mode = 0600;  ///< permissions of a named segment (owner-only by default)
   OnStale on_stale = OnStale::reclaim;
   bool prefault = true;  ///< populate every page at map time

@@ -38,6 +38,7 @@ class Ring {
 
     /// Never blocks, allocates or throws: ok, would_block (full), closed, protocol_error.
     [[nodiscard]] Status try_push(const T& value) noexcept {
+      if (m_closed) [[unlikely]] return Status::closed;
       if (m_write_pos - m_cached_read_pos >= m_capacity) {
         if (!refresh_read_pos()) return Status::protocol_error;
         if (m_write_pos - m_cached_read_pos >= m_capacity) return full_status();
@@ -68,6 +69,7 @@ class Ring {
 
     /// Never blocks, allocates or throws: ok, would_block (empty), closed, protocol_error.
     [[nodiscard]] Status try_pop(T& out) noexcept {
+      if (m_closed) [[unlikely]] return Status::closed;
       if (m_read_pos == m_cached_write_pos) {
         if (const Status s = refresh_write_pos(); s != Status::ok) return s;
       }

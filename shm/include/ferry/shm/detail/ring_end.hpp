@@ -54,6 +54,7 @@ class RingEnd {
   std::uint64_t m_capacity;
   std::uint64_t m_mask;
   WaitOptions m_wait;
+  bool m_closed = false;  // this end called close(): every operation reports closed
 };
 
 /// Producer side: owns write_pos. `m_write_pos` counts everything committed; the segment's
@@ -68,7 +69,8 @@ class ProducerEnd : public RingEnd {
   }
 
   /// Marks the ring closed for writing and wakes the consumer, which reads what was
-  /// committed and then gets Status::closed. Idempotent. Also done by the destructor.
+  /// committed and then gets Status::closed. Idempotent; afterwards every call of this end
+  /// reports closed. Also done by the destructor.
   void close() noexcept;
 
   /// Position up to which this producer has committed (bytes or slots since creation).
@@ -154,7 +156,8 @@ class ProducerEnd : public RingEnd {
 class ConsumerEnd : public RingEnd {
  public:
   /// Marks the ring closed for reading; the producer's next full ring reports closed.
-  /// Idempotent. Also done by the destructor.
+  /// Idempotent; afterwards every call of this end reports closed. Also done by the
+  /// destructor.
   void close() noexcept;
 
   /// Position up to which this consumer has released (bytes or slots since creation).
