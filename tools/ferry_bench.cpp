@@ -415,6 +415,66 @@ int pingpong_main(PingArgs a) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// futex-pingpong: the floor for a sleeping waiter on this machine (no ring): the echo process
+// sleeps on a futex word in a shared page until woken; this process busy-waits for its reply.
+
+int futex_echo(int fd, int cpu) {
+  pin_to(cpu);
+  Segment seg = Segment::open_fd(fd, ByteRing::spec(0));
+  auto& request = seg.control().wait.consumer_sleeping;  // two futex words of a spare segment
+  auto& reply = seg.control().wait.producer_sleeping;
+  std::printf("ready\n");
+  std::fflush(stdout);
+  std::uint32_t seen = 0;
+  for (;;) {
+    // acquire: pairs with the pinger's release store of the request number.
+    while (request.load(std::memory_order_acquire) == seen) futex_wait(request, seen, std::chrono::seconds(1));
+    seen = request.load(std::memory_order_acquire);  // acquire: as above
+    if (seen == 0xffffffffu) return 0;
+    reply.store(seen, std::memory_order_release);  // release: pairs with the pinger's acquire spin
+  }
+}
+
+int futex_pingpong_main(const PingArgs& a) {
+  const Pin pin = parse_pin(a.pin);
+  Segment seg = Segment::create_anonymous(ByteRing::spec(4096));
+  auto& request = seg.control().wait.consumer_sleeping;
+  auto& reply = seg.control().wait.producer_sleeping;
+  Child child({"futex-echo", "--fd", std::to_string(seg.fd()), "--cpu", std::to_string(pin.b)}, {seg.fd()});
+  if (child.read_line() != "ready") throw std::runtime_error("echo process failed to start");
+  pin_to(pin.a);
+  const auto gap = std::chrono::duration_cast<SteadyClock::duration>(std::chrono::duration<double, std::micro>(a.interval_us));
+  std::vector<std::int64_t> rtt;
+  const std::uint64_t warmup = std::max<std::uint64_t>(a.count / 10, 100);
+  for (std::uint32_t i = 1; i <= warmup + a.count; ++i) {
+    const auto until = SteadyClock::now() + gap;
+    while (SteadyClock::now() < until) cpu_relax();
+    const auto t0 = SteadyClock::now();
+    request.store(i, std::memory_order_release);  // release: pairs with the echo's acquire load
+    futex_wake(request, 1);
+    while (reply.load(std::memory_order_acquire) != i) cpu_relax();  // acquire: echo's release
+    if (i > warmup) rtt.push_back(std::chrono::duration_cast<nanoseconds>(SteadyClock::now() - t0).count());
+  }
+  request.store(0xffffffffu, std::memory_order_release);  // release: as above
+  futex_wake(request, 1);
+  child.wait();
+  std::sort(rtt.begin(), rtt.end());
+  const auto pct = [&](double q) { return rtt[static_cast<std::size_t>(q * static_cast<double>(rtt.size() - 1))]; };
+  if (a.json_out) {
+    std::printf("%s\n", json{{"bench", "futex-pingpong"}, {"count", a.count}, {"interval_us", a.interval_us},
+                              {"p50_ns", pct(0.5)}, {"p99_ns", pct(0.99)}, {"p999_ns", pct(0.999)}}
+                             .dump()
+                             .c_str());
+  } else {
+    std::printf("ferry-bench futex-pingpong: bare futex wake-up round trips (no ring), echo asleep, %.0f us gaps\n",
+                a.interval_us);
+    std::printf("  p50 %.2f us   p99 %.2f us   p99.9 %.2f us\n", static_cast<double>(pct(0.5)) / 1e3,
+                static_cast<double>(pct(0.99)) / 1e3, static_cast<double>(pct(0.999)) / 1e3);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -449,6 +509,16 @@ int main(int argc, char** argv) {
   ping_cmd->add_flag("--hugepages", ping.hugepages, "prefer hugepage-backed memory");
   ping_cmd->add_flag("--json", ping.json_out, "one JSON object per line");
 
+  PingArgs futex_args;
+  futex_args.count = 5000;
+  futex_args.interval_us = 200;
+  auto* futex_cmd = app.add_subcommand("futex-pingpong", "calibration: bare cross-process futex wake-up round trips");
+  futex_cmd->add_option("--count", futex_args.count, "timed round trips")->check(CLI::PositiveNumber);
+  futex_cmd->add_option("--interval-us", futex_args.interval_us, "idle gap before each round trip")
+      ->check(CLI::NonNegativeNumber);
+  futex_cmd->add_option("--pin", futex_args.pin, "A,B; auto; none");
+  futex_cmd->add_flag("--json", futex_args.json_out, "one JSON object per line");
+
   // Internal: the second process of each benchmark.
   int fd = -1, fd_in = -1, fd_out = -1, cpu = -1;
   std::size_t size = 0;
@@ -466,12 +536,18 @@ int main(int argc, char** argv) {
   echo_cmd->add_option("--wait", wait);
   echo_cmd->add_option("--cpu", cpu);
 
+  auto* futex_echo_cmd = app.add_subcommand("futex-echo")->group("");
+  futex_echo_cmd->add_option("--fd", fd)->required();
+  futex_echo_cmd->add_option("--cpu", cpu);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*ring_cmd) return ring_main(ring);
     if (*ping_cmd) return pingpong_main(ping);
     if (*consumer_cmd) return ring_consumer(fd, size, zero_copy, wait, cpu);
     if (*echo_cmd) return ring_echo(fd_in, fd_out, wait, cpu);
+    if (*futex_cmd) return futex_pingpong_main(futex_args);
+    if (*futex_echo_cmd) return futex_echo(fd, cpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ferry-bench: %s\n", e.what());
     return 1;
