@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 
@@ -47,10 +48,15 @@ std::uint64_t process_start_time(std::uint64_t pid) {
 }
 
 layout::Identity self_identity() {
-  static const layout::Identity id = [] {
-    const auto pid = static_cast<std::uint64_t>(::getpid());
-    return layout::make_identity(pid, process_start_time(pid));
-  }();
+  // Cached per process: a fork()ed child must not report its parent's identity.
+  static std::atomic<layout::Identity> cached{0};
+  const auto pid = static_cast<std::uint64_t>(::getpid());
+  // relaxed: a cache of a value any thread computes identically; no other data hangs on it.
+  layout::Identity id = cached.load(std::memory_order_relaxed);
+  if (id == 0 || layout::identity_pid(id) != pid) {
+    id = layout::make_identity(pid, process_start_time(pid));
+    cached.store(id, std::memory_order_relaxed);  // relaxed: as above
+  }
   return id;
 }
 

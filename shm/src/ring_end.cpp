@@ -10,7 +10,7 @@ namespace ferry::shm::detail {
 void attach(Segment& segment, RingKind kind, Role role) {
   auto& ctl = segment.control();
   const char* role_name = role == Role::producer ? "producer" : "consumer";
-  if (ctl.header.kind != static_cast<std::uint32_t>(kind))
+  if (segment.spec().kind != kind)
     throw Error(Errc::invalid_argument, "segment holds another ring kind");
   auto& owner = role == Role::producer ? ctl.producer.owner : ctl.consumer.owner;
   layout::Identity expected = 0;
@@ -36,8 +36,9 @@ void attach(Segment& segment, RingKind kind, Role role) {
 RingEnd::RingEnd(Segment& segment, RingKind kind, Role role, const WaitOptions& wait)
     : m_ctl(&segment.control()),
       m_data(segment.data()),
-      m_capacity(segment.control().header.capacity),
-      m_mask(segment.control().header.capacity - 1),
+      m_capacity(segment.spec().capacity),
+      m_mask(segment.spec().capacity - 1),
+      m_align_mask(kind == RingKind::byte_ring ? layout::kRecordAlign - 1 : 0),
       m_wait(wait) {
   attach(segment, kind, role);
 }
@@ -47,6 +48,7 @@ RingEnd::RingEnd(RingEnd&& other) noexcept
       m_data(other.m_data),
       m_capacity(other.m_capacity),
       m_mask(other.m_mask),
+      m_align_mask(other.m_align_mask),
       m_wait(other.m_wait),
       m_closed(other.m_closed) {}
 
@@ -61,7 +63,7 @@ ProducerEnd::ProducerEnd(Segment& segment, RingKind kind, const WaitOptions& wai
   m_published_pos = m_write_pos;
   // sync(segment.ready) acquire: as above.
   m_cached_read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
-  if (m_cached_read_pos > m_write_pos || m_write_pos - m_cached_read_pos > m_capacity)
+  if (!positions_valid(m_cached_read_pos, m_write_pos))
     throw Error(Errc::protocol_error, "segment has impossible ring positions");
 }
 
@@ -89,6 +91,9 @@ ConsumerEnd::ConsumerEnd(Segment& segment, RingKind kind, const WaitOptions& wai
       m_read_batch(m_capacity / 16 == 0 ? 1 : m_capacity / 16) {
   // sync(segment.ready) acquire: the creator's initial position (see ProducerEnd).
   m_read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
+  // sync(segment.ready) acquire: as above.
+  if (!positions_valid(m_read_pos, m_ctl->producer.write_pos.load(std::memory_order_acquire)))
+    throw Error(Errc::protocol_error, "segment has impossible ring positions");
   m_cached_write_pos = m_read_pos;
   m_stored_read_pos = m_read_pos;
 }

@@ -43,6 +43,7 @@ constexpr std::size_t k2M = std::size_t{2} << 20;
 constexpr std::size_t k1G = std::size_t{1} << 30;
 constexpr std::uint64_t kMaxCapacityBytes = std::uint64_t{1} << 40;
 constexpr const char* kDevShm = "/dev/shm/";
+constexpr int kSizeSeals = F_SEAL_SHRINK | F_SEAL_GROW;
 
 [[noreturn]] void fail(Errc code, const std::string& what) { throw Error(code, what); }
 
@@ -231,15 +232,21 @@ void prefault(std::byte* base, std::size_t bytes, std::size_t page) {
   }
 }
 
-void init_header(Control& ctl, const RingSpec& spec, std::size_t segment_size,
-                 std::size_t page_size) {
+// Claims a new segment: blank -> initialising, creator identity first, so a process that
+// finds the name while we prefault sees a live creator instead of a stale segment.
+void begin_header(Control& ctl) {
   auto expected = static_cast<std::uint32_t>(SegmentState::blank);
   // relaxed: this process created the file exclusively; the CAS only asserts the blank state
-  // (a joiner waits for `ready` below before reading any field).
+  // (a joiner waits for `ready` in init_header() before reading any field).
   if (!ctl.header.state.compare_exchange_strong(
           expected, static_cast<std::uint32_t>(SegmentState::initialising),
           std::memory_order_relaxed, std::memory_order_relaxed))
     fail(Errc::internal, "new segment is not blank");
+  ctl.header.creator = self_identity();
+}
+
+void init_header(Control& ctl, const RingSpec& spec, std::size_t segment_size,
+                 std::size_t page_size) {
   ctl.header.magic = layout::kMagic;
   ctl.header.layout_version = layout::kLayoutVersion;
   ctl.header.kind = static_cast<std::uint32_t>(spec.kind);
@@ -249,7 +256,6 @@ void init_header(Control& ctl, const RingSpec& spec, std::size_t segment_size,
   ctl.header.data_offset = layout::kDataOffset;
   ctl.header.segment_size = segment_size;
   ctl.header.page_size = page_size;
-  ctl.header.creator = self_identity();
   ctl.header.epoch = new_epoch();
   // sync(segment.ready) release: every header field above is visible before `ready`.
   // Partner: acquire load of state in validate_header().
@@ -257,10 +263,26 @@ void init_header(Control& ctl, const RingSpec& spec, std::size_t segment_size,
                          std::memory_order_release);
 }
 
-// Throws unless the header describes a valid segment of `file_size` bytes matching `expect`.
-void validate_header(const Control& ctl, std::size_t file_size, const RingSpec& expect,
-                     const std::string& what) {
+// A private copy of the header's plain fields: validated once, then the only source of the
+// ring's geometry, so a peer that rewrites the shared header later cannot change it.
+}  // namespace
+
+struct HeaderCopy {
+  std::uint64_t magic, capacity, slot_size, data_offset, segment_size, page_size, creator;
+  std::uint32_t layout_version, kind;
+};
+
+namespace {
+
+HeaderCopy copy_header(const Control& ctl) {
   const auto& h = ctl.header;
+  return {h.magic,     h.capacity,  h.slot_size,      h.data_offset, h.segment_size,
+          h.page_size, h.creator,   h.layout_version, h.kind};
+}
+
+// Throws unless the header describes a valid segment of `file_size` bytes matching `expect`.
+void validate_header(const HeaderCopy& h, std::size_t file_size, const RingSpec& expect,
+                     const std::string& what) {
   if (h.magic != layout::kMagic) {
     std::ostringstream os;
     os << what << " is not a ferry segment (magic 0x" << std::hex << h.magic << ")";
@@ -309,6 +331,31 @@ struct Mapping {
   std::size_t bytes = 0;
 };
 
+// True if no live process holds the segment (creator, producer, consumer), not counting this
+// one when `except_self` (it is letting go). The one rule for reclaiming a stale name and for
+// a joiner unlinking it. `holder` receives the pid of a live holder.
+bool no_live_holder(const Control& ctl, bool except_self, std::string* holder = nullptr) {
+  // relaxed: identities are only compared with /proc; no data is read through them.
+  const layout::Identity ids[] = {ctl.header.creator,
+                                  ctl.producer.owner.load(std::memory_order_relaxed),
+                                  ctl.consumer.owner.load(std::memory_order_relaxed)};
+  for (const auto id : ids) {
+    if (id != 0 && !(except_self && id == self_identity()) && is_alive(id)) {
+      if (holder != nullptr) *holder = "pid " + std::to_string(layout::identity_pid(id));
+      return false;
+    }
+  }
+  return true;
+}
+
+// Unlinks `path` only if it still names the file (inode, device) we looked at.
+void unlink_if_same(const std::string& file, const Location& where, std::uint64_t inode,
+                    std::uint64_t device) {
+  struct stat st {};
+  if (::stat(where.path.c_str(), &st) == 0 && st.st_ino == inode && st.st_dev == device)
+    unlink_location(file, where);
+}
+
 std::uint64_t segment_bytes(const RingSpec& spec) {
   return layout::kDataOffset + checked_data_bytes(spec);
 }
@@ -323,7 +370,9 @@ Segment::Segment(Segment&& other) noexcept
       m_fd(std::exchange(other.m_fd, -1)),
       m_info(std::move(other.m_info)),
       m_inode(other.m_inode),
-      m_device(other.m_device) {}
+      m_device(other.m_device),
+      m_spec(other.m_spec),
+      m_owned(std::exchange(other.m_owned, false)) {}
 
 Segment& Segment::operator=(Segment&& other) noexcept {
   if (this != &other) {
@@ -334,6 +383,8 @@ Segment& Segment::operator=(Segment&& other) noexcept {
     m_info = std::move(other.m_info);
     m_inode = other.m_inode;
     m_device = other.m_device;
+    m_spec = other.m_spec;
+    m_owned = std::exchange(other.m_owned, false);
   }
   return *this;
 }
@@ -345,26 +396,38 @@ void Segment::finish_create(std::byte* base, std::size_t bytes, const RingSpec& 
   m_base = base;
   m_info.mapped_bytes = bytes;
   m_control = reinterpret_cast<Control*>(base);
+  m_spec = spec;
+  if (spec.kind == RingKind::byte_ring) m_spec.slot_size = layout::kRecordAlign;
+  begin_header(*m_control);
+  m_owned = true;  // from here on the name is ours to unlink, even if the rest throws
   if (prefault_pages) prefault(m_base, bytes, m_info.page_size);
   init_header(*m_control, spec, bytes, m_info.page_size);
 }
 
+void Segment::adopt(const HeaderCopy& header, std::size_t file_size, const RingSpec& expect,
+                    const std::string& what) {
+  validate_header(header, file_size, expect, what);
+  m_spec = {static_cast<RingKind>(header.kind), header.capacity, header.slot_size};
+  m_info.page_size = header.page_size;
+  m_owned = true;
+}
+
 void Segment::reset() noexcept {
-  if (m_base == nullptr) return;
-  // A named segment is unlinked by its creator, or by a joiner once the creator is dead, and
-  // only if the name still refers to the file we mapped.
-  if (!m_info.path.empty() && (m_info.creator || !is_alive(m_control->header.creator))) {
-    struct stat st {};
-    if (::stat(m_info.path.c_str(), &st) == 0 && st.st_ino == m_inode && st.st_dev == m_device) {
-      unlink_location(segment_file_name(m_info.name),
-                      Location{m_info.path, m_info.backing == "posix-shm"});
-    }
+  if (m_base != nullptr) {
+    // A named segment is unlinked by its creator, or by a joiner once no other process
+    // holds it, and only while the name still refers to the file we mapped. A refused join
+    // (m_owned false) never unlinks.
+    if (m_owned && !m_info.path.empty() &&
+        (m_info.creator || no_live_holder(*m_control, /*except_self=*/true)))
+      unlink_if_same(segment_file_name(m_info.name),
+                     Location{m_info.path, m_info.backing == "posix-shm"}, m_inode, m_device);
+    ::munmap(m_base, m_info.mapped_bytes);
   }
-  ::munmap(m_base, m_info.mapped_bytes);
   if (m_fd >= 0) ::close(m_fd);
   m_base = nullptr;
   m_control = nullptr;
   m_fd = -1;
+  m_owned = false;
 }
 
 namespace {
@@ -374,6 +437,9 @@ namespace {
 std::optional<Mapping> size_and_map(int fd, const RingSpec& spec, std::size_t page) {
   const std::size_t bytes = round_up(segment_bytes(spec), page);
   if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) return std::nullopt;
+  // Allocate now: a full tmpfs or an empty hugepage pool is an error here, not a SIGBUS on
+  // first touch.
+  if (::fallocate(fd, 0, 0, static_cast<off_t>(bytes)) != 0 && errno != EOPNOTSUPP) return std::nullopt;
   void* p = map_fd(fd, bytes);
   if (p == nullptr) return std::nullopt;
   return Mapping{static_cast<std::byte*>(p), bytes};
@@ -425,26 +491,27 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
       ::fstat(fd, &st);
       bool stale = false;
       std::string holder;
-      if (static_cast<std::size_t>(st.st_size) >= layout::kDataOffset) {
-        void* p = ::mmap(nullptr, layout::kDataOffset, PROT_READ, MAP_SHARED, fd, 0);
+      // hugetlbfs maps whole huge pages: map (and unmap) the header in the file's block size.
+      const std::size_t header_len = std::max<std::size_t>(layout::kDataOffset, st.st_blksize);
+      if (static_cast<std::size_t>(st.st_size) >= header_len) {
+        void* p = ::mmap(nullptr, header_len, PROT_READ, MAP_SHARED, fd, 0);
         if (p != MAP_FAILED) {
           const auto& ctl = *static_cast<const Control*>(p);
-          // relaxed: the identities are only compared with live processes; no data is read
-          // through them.
-          const layout::Identity ids[] = {ctl.header.creator,
-                                          ctl.producer.owner.load(std::memory_order_relaxed),
-                                          ctl.consumer.owner.load(std::memory_order_relaxed)};
-          stale = true;
-          for (const auto id : ids) {
-            if (is_alive(id)) {
-              stale = false;
-              holder = "pid " + std::to_string(layout::identity_pid(id));
-              break;
-            }
+          // relaxed: the state only tells a creator still at work from a finished segment;
+          // no field is read on the strength of it.
+          const auto state = ctl.header.state.load(std::memory_order_relaxed);
+          if (ctl.header.creator == 0) {
+            // Claimed but not yet identified (or never claimed): judge by age, as below.
+            stale = state == static_cast<std::uint32_t>(SegmentState::blank) &&
+                    std::chrono::system_clock::now().time_since_epoch() -
+                            std::chrono::seconds(st.st_mtim.tv_sec) > std::chrono::seconds(2);
+            holder = "a creator still initialising it";
+          } else {
+            stale = no_live_holder(ctl, /*except_self=*/false, &holder);
+            if (stale)
+              holder = "dead pid " + std::to_string(layout::identity_pid(ctl.header.creator));
           }
-          if (stale)
-            holder = "dead pid " + std::to_string(layout::identity_pid(ctl.header.creator));
-          ::munmap(p, layout::kDataOffset);
+          ::munmap(p, header_len);
         }
       } else {
         // Never sized: a creator died before ftruncate, or is between open and ftruncate.
@@ -458,7 +525,8 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
       if (options.on_stale == OnStale::report)
         fail(Errc::address_in_use, what + " is stale (left by " + holder + ") at " +
                                        existing->path + "; remove it or use OnStale::reclaim");
-      unlink_location(file, *existing);
+      // Only the file we judged: a racing reclaimer may already have put a new one there.
+      unlink_if_same(file, *existing, st.st_ino, st.st_dev);
       continue;
     }
 
@@ -467,6 +535,7 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
     seg.m_info.creator = true;
     std::optional<Mapping> mapping;
     std::string reasons;
+    bool raced = false;
     if (options.huge_pages != HugePages::off) {
       const std::uint64_t need = segment_bytes(spec);
       auto mounts = hugetlbfs_mounts(options);
@@ -478,7 +547,10 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
         const std::string path = m.dir + "/" + file;
         const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, options.mode);
         if (fd < 0) {
-          if (errno == EEXIST) break;  // raced with another creator: start over
+          if (errno == EEXIST) {  // raced with another creator: start over
+            raced = true;
+            break;
+          }
           reasons += (reasons.empty() ? "" : "; ") + path + ": " + std::strerror(errno);
           continue;
         }
@@ -497,6 +569,7 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
         seg.m_info.page_size = m.page_size;
         break;
       }
+      if (raced) continue;
       if (!mapping && options.huge_pages == HugePages::require)
         fail(Errc::unavailable, "hugepages required for " + what + " but unavailable: " + reasons);
     }
@@ -561,8 +634,7 @@ Segment Segment::open(std::string_view name, const RingSpec& expect,
             seg.m_info.path = where->path;
             seg.m_info.backing = where->posix_shm ? "posix-shm" : "hugetlbfs";
             seg.m_info.mapped_bytes = size;
-            validate_header(*ctl, size, expect, what);  // on throw, ~Segment unmaps
-            seg.m_info.page_size = ctl->header.page_size;
+            seg.adopt(copy_header(*ctl), size, expect, what);  // on throw, ~Segment unmaps
             if (options.prefault) prefault(seg.m_base, size, seg.m_info.page_size);
             return seg;
           }
@@ -614,7 +686,7 @@ Segment Segment::create_anonymous(const RingSpec& spec, const SegmentOptions& op
     };
     for (const Candidate c : {Candidate{k1G, MFD_HUGE_1GB}, Candidate{k2M, MFD_HUGE_2MB}}) {
       if (c.page >= k1G && need < k1G / 2) continue;
-      const int fd = ::memfd_create("ferry", MFD_CLOEXEC | MFD_HUGETLB | c.flag);
+      const int fd = ::memfd_create("ferry", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB | c.flag);
       if (fd < 0) {
         reasons += (reasons.empty() ? "" : "; ") + human_size(c.page) + " memfd: " + std::strerror(errno);
         continue;
@@ -634,7 +706,7 @@ Segment Segment::create_anonymous(const RingSpec& spec, const SegmentOptions& op
       fail(Errc::unavailable, "hugepages required but unavailable: " + reasons);
   }
   if (!mapping) {
-    const int fd = ::memfd_create("ferry", MFD_CLOEXEC);
+    const int fd = ::memfd_create("ferry", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) fail_errno("memfd_create", errno);
     seg.m_fd = fd;
     seg.m_info.backing = "memfd";
@@ -644,6 +716,10 @@ Segment Segment::create_anonymous(const RingSpec& spec, const SegmentOptions& op
     if (!mapping) fail_errno("cannot size or map an anonymous segment", errno);
     if (options.huge_pages == HugePages::prefer) advise_thp(*mapping, seg.m_info);
   }
+  // The peer gets this descriptor: seal its size, so it cannot truncate the memory under us
+  // (SIGBUS on the next access).
+  if (::fcntl(seg.m_fd, F_ADD_SEALS, kSizeSeals | F_SEAL_SEAL) != 0)
+    fail_errno("cannot seal the anonymous segment", errno);
   seg.finish_create(mapping->base, mapping->bytes, spec, options.prefault);
   return seg;
 }
@@ -659,6 +735,10 @@ Segment Segment::open_fd(int fd, const RingSpec& expect, const SegmentOptions& o
   const auto size = static_cast<std::size_t>(st.st_size);
   if (size < layout::kDataOffset)
     fail(Errc::protocol_error, what + " is too small to be a ferry segment");
+  // A memfd that its owner could shrink would let it crash us with SIGBUS. (Other files
+  // cannot be sealed: F_GET_SEALS fails and they are accepted, like named segments.)
+  if (const int seals = ::fcntl(own, F_GET_SEALS); seals >= 0 && (seals & kSizeSeals) != kSizeSeals)
+    fail(Errc::protocol_error, what + " is a memfd whose size is not sealed: refusing it");
   void* p = map_fd(own, size);
   if (p == nullptr) fail_errno("cannot map " + what, errno);
   seg.m_base = static_cast<std::byte*>(p);
@@ -669,8 +749,7 @@ Segment Segment::open_fd(int fd, const RingSpec& expect, const SegmentOptions& o
   if (seg.m_control->header.state.load(std::memory_order_acquire) !=
       static_cast<std::uint32_t>(SegmentState::ready))
     fail(Errc::protocol_error, what + " was never initialised");
-  validate_header(*seg.m_control, size, expect, what);
-  seg.m_info.page_size = seg.m_control->header.page_size;
+  seg.adopt(copy_header(*seg.m_control), size, expect, what);
   if (seg.m_info.page_size != k4K) seg.m_info.backing = "memfd-hugetlb";
   if (options.prefault) prefault(seg.m_base, size, seg.m_info.page_size);
   return seg;

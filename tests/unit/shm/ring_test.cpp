@@ -272,6 +272,19 @@ TEST_F(ByteRingTest, ImpossibleWritePositionIsAProtocolError) {
   EXPECT_EQ(consumer.try_peek(msg), Status::protocol_error);  // more than a ring ahead
 }
 
+TEST(ByteRing, MisalignedPositionsFromAPeerAreRefused) {
+  auto seg = Segment::create_anonymous(ByteRing::spec(4096));
+  // relaxed: one thread; a hostile peer's writes before we attach.
+  seg.control().producer.write_pos.store(4095, std::memory_order_relaxed);
+  seg.control().consumer.read_pos.store(4095, std::memory_order_relaxed);
+  EXPECT_THROW(ByteRing::Producer{seg}, Error);  // would have written past the mapping
+  auto seg2 = Segment::create_anonymous(ByteRing::spec(4096));
+  ByteRing::Consumer consumer(seg2);
+  seg2.control().producer.write_pos.store(13, std::memory_order_relaxed);  // relaxed: one thread
+  std::span<const std::byte> msg;
+  EXPECT_EQ(consumer.try_peek(msg), Status::protocol_error);
+}
+
 TEST_F(ByteRingTest, ImpossibleReadPositionIsAProtocolError) {
   ByteRing::Producer producer(seg);
   seg.control().consumer.read_pos.store(1'000'000, std::memory_order_relaxed);  // relaxed: single thread

@@ -2,6 +2,7 @@
 // Segment: creation, permissions, validation on join (each header field), stale reclaim,
 // anonymous segments, cleanup, hugepage policy.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "ferry/shm/ring.hpp"
 #include "support/unique_name.hpp"
@@ -126,6 +128,71 @@ TEST_F(SegmentTest, JoinRefusesEachCorruptOrMismatchedField) {
   EXPECT_EQ(error_of(open), Errc::protocol_error);
   h.kind = saved.kind;
   EXPECT_NO_THROW(open());
+}
+
+TEST_F(SegmentTest, RefusedJoinLeavesTheFileAlone) {
+  auto creator = Segment::create(name, ByteRing::spec(4096));
+  creator.control().header.magic = 0;
+  // The creator is alive, but even a dead one's file must not be unlinked by a refused join.
+  creator.control().header.creator = layout::make_identity((1u << 22) - 1, 1);
+  EXPECT_EQ(error_of([&] { Segment::open(name, ByteRing::spec(0)); }), Errc::protocol_error);
+  EXPECT_TRUE(exists(shm_path(name)));
+  creator.control().header.magic = layout::kMagic;
+  EXPECT_EQ(error_of([&] { Segment::open(name, ByteRing::spec(8192)); }), Errc::invalid_argument);
+  EXPECT_TRUE(exists(shm_path(name)));
+}
+
+TEST_F(SegmentTest, GeometryIsTheValidatedCopyNotTheSharedHeader) {
+  auto creator = Segment::create(name, ByteRing::spec(4096));
+  auto joiner = Segment::open(name, ByteRing::spec(4096));
+  creator.control().header.capacity = std::uint64_t{1} << 40;  // a hostile rewrite after the join
+  EXPECT_EQ(joiner.spec().capacity, 4096u);
+  ByteRing::Consumer consumer(joiner);
+  EXPECT_EQ(consumer.capacity(), 4096u);
+}
+
+TEST_F(SegmentTest, CreateDoesNotReclaimASegmentStillBeingCreated) {
+  // A's prefault of 256 MiB leaves a window in which the file exists but is not ready; B
+  // must see a live creator there, not a stale segment to delete.
+  std::uint64_t a_inode = 0;
+  std::thread a([&] {
+    auto seg = Segment::create(name, ByteRing::spec(std::uint64_t{256} << 20));
+    struct stat st {};
+    ::fstat(seg.fd(), &st);
+    a_inode = st.st_ino;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    struct stat now {};
+    ASSERT_EQ(::stat(shm_path(name).c_str(), &now), 0);
+    EXPECT_EQ(now.st_ino, a_inode) << "A's segment was replaced";
+  });
+  while (!exists(shm_path(name))) std::this_thread::yield();
+  EXPECT_EQ(error_of([&] { Segment::create(name, ByteRing::spec(4096)); }), Errc::address_in_use);
+  a.join();
+}
+
+TEST_F(SegmentTest, AnonymousSegmentCannotBeResizedUnderItsPeer) {
+  auto seg = Segment::create_anonymous(ByteRing::spec(1 << 16));
+  EXPECT_NE(::ftruncate(seg.fd(), 4096), 0);  // sealed: a peer cannot cause SIGBUS
+  EXPECT_NE(::ftruncate(seg.fd(), 1 << 30), 0);
+  const int unsealed = ::memfd_create("not-ferry", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_GE(unsealed, 0);
+  ASSERT_EQ(::ftruncate(unsealed, 1 << 16), 0);
+  EXPECT_EQ(error_of([&] { Segment::open_fd(unsealed, ByteRing::spec(0)); }), Errc::protocol_error);
+  ::close(unsealed);
+}
+
+TEST_F(SegmentTest, FailedJoinsLeakNoDescriptor) {
+  const auto open_fds = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                         std::filesystem::directory_iterator{});
+  };
+  const int tiny = ::memfd_create("tiny", MFD_CLOEXEC);
+  ASSERT_GE(tiny, 0);
+  const auto before = open_fds();
+  for (int i = 0; i < 20; ++i)
+    EXPECT_EQ(error_of([&] { Segment::open_fd(tiny, ByteRing::spec(0)); }), Errc::protocol_error);
+  EXPECT_EQ(open_fds(), before);
+  ::close(tiny);
 }
 
 TEST_F(SegmentTest, TruncatedFileIsRefused) {

@@ -45,7 +45,7 @@ class OverwriteRing {
         throw Error(is_alive(expected) ? Errc::address_in_use : Errc::peer_lost,
                     "the overwrite ring's writer role is held by pid " +
                         std::to_string(layout::identity_pid(expected)));
-      m_mask = m_ctl->header.capacity - 1;
+      m_mask = segment.spec().capacity - 1;
       // sync(segment.ready) acquire: the creator's initial position; the segment's state was
       // released after it.
       m_pos = m_ctl->producer.write_pos.load(std::memory_order_acquire);
@@ -110,7 +110,7 @@ class OverwriteRing {
     explicit Reader(Segment& segment, const WaitOptions& wait = {})
         : m_ctl(&segment.control()), m_data(segment.data()), m_wait(wait) {
       check(segment);
-      m_capacity = m_ctl->header.capacity;
+      m_capacity = segment.spec().capacity;
       // sync(ring.publish) acquire: pairs with the seq_cst store of write_pos in
       // Writer::write().
       const std::uint64_t w = m_ctl->producer.write_pos.load(std::memory_order_acquire);
@@ -227,9 +227,9 @@ class OverwriteRing {
     return reinterpret_cast<std::uint64_t*>(data + index * kSlotSize);
   }
   static void check(Segment& segment) {
-    if (segment.control().header.kind != static_cast<std::uint32_t>(RingKind::overwrite_ring))
+    if (segment.spec().kind != RingKind::overwrite_ring)
       throw Error(Errc::invalid_argument, "segment does not hold an overwrite ring");
-    if (segment.control().header.slot_size != kSlotSize)
+    if (segment.spec().slot_size != kSlotSize)
       throw Error(Errc::invalid_argument, "segment slot size does not match OverwriteRing<T>");
   }
 };

@@ -55,6 +55,8 @@ struct SegmentInfo {
   bool creator{};           ///< this process created the segment
 };
 
+struct HeaderCopy;  // internal: a validated copy of a segment header
+
 /// A mapped segment. Move-only; unmaps on destruction. A named segment is unlinked on
 /// destruction by its creator, and by a joiner that finds the creator dead, so no file
 /// outlives its processes. Thread-safety: the object itself is not synchronised; the rings
@@ -98,6 +100,9 @@ class Segment {
   [[nodiscard]] std::byte* data() const noexcept { return m_base + layout::kDataOffset; }
   [[nodiscard]] std::byte* base() const noexcept { return m_base; }
   [[nodiscard]] const SegmentInfo& info() const noexcept { return m_info; }
+  /// The ring's geometry as validated when the segment was created or joined (a private
+  /// copy: later writes to the shared header by a peer do not change it).
+  [[nodiscard]] const RingSpec& spec() const noexcept { return m_spec; }
   /// Descriptor of the backing file (for anonymous segments: pass it to the peer).
   [[nodiscard]] int fd() const noexcept { return m_fd; }
 
@@ -105,6 +110,9 @@ class Segment {
   Segment() = default;
   // Adopts a new mapping of a segment this process created, prefaults it, writes the header.
   void finish_create(std::byte* base, std::size_t bytes, const RingSpec& spec, bool prefault_pages);
+  // Validates a copy of a joined segment's header and keeps it as the ring's geometry.
+  void adopt(const HeaderCopy& header, std::size_t file_size, const RingSpec& expect,
+             const std::string& what);
   void reset() noexcept;
 
   std::byte* m_base = nullptr;
@@ -113,6 +121,8 @@ class Segment {
   SegmentInfo m_info;
   std::uint64_t m_inode = 0;  // to unlink only the file we mapped
   std::uint64_t m_device = 0;
+  RingSpec m_spec{};
+  bool m_owned = false;  // created by us, or joined and validated: may unlink the name
 };
 
 /// The name of the file a named segment uses in /dev/shm or on a hugetlbfs mount.

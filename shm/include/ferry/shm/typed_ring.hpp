@@ -93,9 +93,9 @@ class Ring {
 
  private:
   static void check_slot(Segment& segment) {
-    if (segment.control().header.slot_size != kSlotSize)
+    if (segment.spec().slot_size != kSlotSize)
       throw Error(Errc::invalid_argument, "segment slot size " +
-                                              std::to_string(segment.control().header.slot_size) +
+                                              std::to_string(segment.spec().slot_size) +
                                               " does not match Ring<T> (" +
                                               std::to_string(kSlotSize) + ")");
   }

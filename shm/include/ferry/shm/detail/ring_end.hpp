@@ -49,10 +49,19 @@ class RingEnd {
     return owner != 0 && closed.load(std::memory_order_relaxed) == 0 && !is_alive(owner);
   }
 
+  // Whether a read and a write position can describe this ring: ordered, at most a ring
+  // apart, and record-aligned in the byte ring. Every position read from the segment passes
+  // here before it is used, so a corrupt or hostile peer cannot steer an access out of bounds.
+  [[nodiscard]] bool positions_valid(std::uint64_t read_pos, std::uint64_t write_pos) const noexcept {
+    return read_pos <= write_pos && write_pos - read_pos <= m_capacity &&
+           ((read_pos | write_pos) & m_align_mask) == 0;
+  }
+
   layout::Control* m_ctl;
   std::byte* m_data;
   std::uint64_t m_capacity;
   std::uint64_t m_mask;
+  std::uint64_t m_align_mask;  // kRecordAlign - 1 in the byte ring, 0 in the typed ring
   WaitOptions m_wait;
   bool m_closed = false;  // this end called close(): every operation reports closed
 };
@@ -110,7 +119,7 @@ class ProducerEnd : public RingEnd {
     // sync(ring.free) acquire: pairs with the consumer's release/seq_cst store of read_pos in
     // store_read_pos()/publish_read(); its reads of the freed space are complete.
     const std::uint64_t read_pos = m_ctl->consumer.read_pos.load(std::memory_order_acquire);
-    if (read_pos > m_write_pos || m_write_pos - read_pos > m_capacity) return false;
+    if (!positions_valid(read_pos, m_write_pos)) return false;
     m_cached_read_pos = read_pos;
     return true;
   }
@@ -200,8 +209,7 @@ class ConsumerEnd : public RingEnd {
       // sync(ring.publish) acquire: pairs with the seq_cst (so also release) store of
       // write_pos in ProducerEnd::publish(); every record or slot before it is written.
       const std::uint64_t write_pos = m_ctl->producer.write_pos.load(std::memory_order_acquire);
-      if (write_pos < m_read_pos || write_pos - m_read_pos > m_capacity)
-        return Status::protocol_error;
+      if (!positions_valid(m_read_pos, write_pos)) return Status::protocol_error;
       m_cached_write_pos = write_pos;
       if (write_pos != m_read_pos) return Status::ok;
       if (m_dirty) publish_read();
