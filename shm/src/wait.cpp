@@ -31,7 +31,7 @@ Errc to_errc(Status s) noexcept {
 }
 
 void throw_status(Status s, const char* context) {
-  throw Error(to_errc(s), std::string(context) + ": " + to_string(s));
+  throw Error(to_errc(s), context);  // what(): "<context>: <status>" via the category
 }
 
 }  // namespace ferry::shm

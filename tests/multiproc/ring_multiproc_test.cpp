@@ -107,7 +107,7 @@ TEST_F(RingMultiProc, ProducerKilledMidStreamIsPeerLostPromptly) {
   EXPECT_EQ(errc, Errc::peer_lost);
   RecordProperty("peer_lost_ms", static_cast<int>(latency.count()));
   std::printf("peer_lost reported %lld ms after SIGKILL\n", static_cast<long long>(latency.count()));
-  EXPECT_LT(latency, milliseconds(1000));  // target 100 ms: see README; generous on shared CI
+  EXPECT_LT(latency, milliseconds(500));  // requirement 100 ms (measured ~20): margin for shared CI
   EXPECT_EQ(producer.wait(seconds(5)), 128 + SIGKILL);
 }
 
@@ -133,7 +133,7 @@ TEST_F(RingMultiProc, ConsumerKilledFailsTheBlockedProducer) {
   }
   killer.join();
   EXPECT_EQ(errc, Errc::peer_lost);
-  EXPECT_LT(Clock::now() - start, seconds(5));
+  EXPECT_LT(Clock::now() - start, milliseconds(100 + 500));  // killed after 100 ms, then <= 500
   EXPECT_EQ(consumer.wait(seconds(5)), 128 + SIGKILL);
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <latch>
 #include <thread>
 #include <vector>
@@ -57,6 +58,17 @@ TEST(OverwriteRing, ReadersStartAtTheOldestMessageAndSeeClose) {
   while (reader.try_read(v, lost) == Status::ok) ++n;
   EXPECT_EQ(n, 4);
   EXPECT_EQ(reader.try_read(v, lost), Status::closed);
+}
+
+TEST(OverwriteRing, ASlotFromTheFutureIsAProtocolErrorNotAnEndlessLoop) {
+  auto seg = Segment::create_anonymous(OverwriteRing<std::uint64_t>::spec(8));
+  OverwriteRing<std::uint64_t>::Reader reader(seg);
+  for (std::uint64_t slot = 0; slot < 8; ++slot) {  // every sequence word: huge and even
+    const std::uint64_t seq = std::uint64_t{1} << 62;
+    std::memcpy(seg.data() + slot * OverwriteRing<std::uint64_t>::kSlotSize, &seq, 8);
+  }
+  std::uint64_t v = 0, lost = 0;
+  EXPECT_EQ(reader.try_read(v, lost), Status::protocol_error);
 }
 
 TEST(OverwriteRing, ConcurrentReadersNeverSeeTornValues) {

@@ -105,7 +105,7 @@ struct alignas(kLineSize) WaitLine {
   std::atomic<std::uint32_t> producer_sleeping;  // futex word: 1 while the producer may sleep
   std::atomic<std::uint32_t> producer_closed;    // 1 once the producer closed (no more data)
   std::atomic<std::uint32_t> consumer_closed;    // 1 once the consumer closed (no more reads)
-  std::atomic<std::uint32_t> readers_sleeping;   // overwrite ring: readers that may sleep
+  std::atomic<std::uint32_t> readers_sleeping;   // overwrite ring: 1 while a reader may sleep
   std::atomic<std::uint32_t> readers_wake_seq;   // overwrite ring: futex word readers wait on
 };
 

@@ -80,11 +80,16 @@ class OverwriteRing {
       // Partner: acquire load of the sequence in Reader::try_read().
       seq.store(2 * m_pos + 2, std::memory_order_release);
       ++m_pos;
-      // sync(ring.wake) seq_cst store of the position, then seq_cst load of the sleeper
-      // count: pairs with a reader's seq_cst increment of readers_sleeping and seq_cst load
-      // of write_pos in Reader::read().
+      // Resetting the sleep flag below means a reader that died asleep costs one wake-up,
+      // not one per write.
+      // sync(ring.wake) seq_cst store of the position, then seq_cst load of the sleep flag:
+      // pairs with a reader's seq_cst store of readers_sleeping and seq_cst load of
+      // write_pos in Reader::read().
       m_ctl->producer.write_pos.store(m_pos, std::memory_order_seq_cst);
-      if (m_ctl->wait.readers_sleeping.load(std::memory_order_seq_cst) != 0) wake_readers();
+      // sync(ring.wake): as above.
+      if (m_ctl->wait.readers_sleeping.load(std::memory_order_seq_cst) != 0 &&
+          m_ctl->wait.readers_sleeping.exchange(0, std::memory_order_seq_cst) != 0)
+        wake_readers();
     }
 
     [[nodiscard]] std::uint64_t position() const noexcept { return m_pos; }
@@ -119,7 +124,7 @@ class OverwriteRing {
 
     /// Reads the next value. Never blocks, allocates or throws. ok (and `lost` counts the
     /// messages overwritten since the previous read, normally 0), would_block (nothing new),
-    /// closed (the writer closed and everything was read).
+    /// closed (the writer closed and everything was read), protocol_error (corrupt slot).
     [[nodiscard]] Status try_read(T& out, std::uint64_t& lost) noexcept {
       lost = 0;
       for (;;) {
@@ -138,6 +143,9 @@ class OverwriteRing {
           return Status::would_block;
         }
         if (s1 > want) {  // lapped: skip to the oldest slot still intact
+          // sync(ring.publish) acquire: pairs with the seq_cst store of write_pos in write().
+          const std::uint64_t w = m_ctl->producer.write_pos.load(std::memory_order_acquire);
+          if (s1 > 2 * w + 2) return Status::protocol_error;  // a slot from the future: corrupt
           lost += skip_ahead();
           continue;
         }
@@ -188,13 +196,12 @@ class OverwriteRing {
         // relaxed: the generation is re-checked by the kernel in futex_wait.
         const std::uint32_t gen = m_ctl->wait.readers_wake_seq.load(std::memory_order_relaxed);
         // sync(ring.wake) seq_cst: announce, then re-check write_pos. Partner: the writer's
-        // seq_cst store of write_pos, then seq_cst load of readers_sleeping.
-        m_ctl->wait.readers_sleeping.fetch_add(1, std::memory_order_seq_cst);
-        if (m_ctl->producer.write_pos.load(std::memory_order_seq_cst) <= m_pos &&
-            m_ctl->wait.producer_closed.load(std::memory_order_seq_cst) == 0)
+        // seq_cst store of write_pos, then seq_cst load of readers_sleeping. Any reader may
+        // set the flag; the writer's reset wakes all of them (they re-announce each sleep).
+        m_ctl->wait.readers_sleeping.store(1, std::memory_order_seq_cst);
+        if (m_ctl->producer.write_pos.load(std::memory_order_seq_cst) <= m_pos &&  // sync(ring.wake)
+            m_ctl->wait.producer_closed.load(std::memory_order_seq_cst) == 0)      // sync(ring.wake)
           futex_wait(m_ctl->wait.readers_wake_seq, gen, std::min(next_check, deadline) - now);
-        // relaxed: the count is only a hint for the writer; a stale value costs one wake.
-        m_ctl->wait.readers_sleeping.fetch_sub(1, std::memory_order_relaxed);
       }
     }
 

@@ -56,7 +56,7 @@ class ByteRing {
     /// Never blocks, allocates or throws. Returns would_block (full), closed (consumer
     /// closed), message_too_large (n > max_message_size()), protocol_error.
     [[nodiscard]] Status try_reserve(std::size_t n, std::span<std::byte>& out) noexcept {
-      if (m_closed) [[unlikely]] return Status::closed;
+      if (m_closed || consumer_closed()) [[unlikely]] return Status::closed;
       if (n > m_max_message) return Status::message_too_large;
       const std::uint64_t rec = layout::record_size(n);
       for (;;) {
@@ -102,10 +102,9 @@ class ByteRing {
     std::span<std::byte> reserve(std::size_t n, std::chrono::nanoseconds timeout = kForever) {
       std::span<std::byte> out;
       Status s = try_reserve(n, out);
-      if (s == Status::would_block) {
-        const std::uint64_t need = std::min(m_capacity, 2 * layout::record_size(n));
-        s = wait_for_space(need, deadline_after(timeout), [&] { return try_reserve(n, out); });
-      }
+      if (s == Status::would_block)
+        s = wait_for_space([&] { return space_needed(n); }, deadline_after(timeout),
+                           [&] { return try_reserve(n, out); });
       if (s != Status::ok) throw_status(s, "ByteRing::Producer::reserve");
       return out;
     }
@@ -120,6 +119,14 @@ class ByteRing {
    private:
     std::atomic_ref<std::uint64_t> word(std::uint64_t index) const noexcept {
       return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(m_data + index));
+    }
+
+    // Bytes that must be free for an n-byte message at the current position (padding first
+    // when it does not fit before the end of the region).
+    [[nodiscard]] std::uint64_t space_needed(std::size_t n) const noexcept {
+      const std::uint64_t rec = layout::record_size(n);
+      const std::uint64_t to_end = m_capacity - (m_write_pos & m_mask);
+      return rec <= to_end ? rec : to_end + rec;
     }
 
     Status ensure_space(std::uint64_t bytes) noexcept {

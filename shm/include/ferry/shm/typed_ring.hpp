@@ -38,7 +38,7 @@ class Ring {
 
     /// Never blocks, allocates or throws: ok, would_block (full), closed, protocol_error.
     [[nodiscard]] Status try_push(const T& value) noexcept {
-      if (m_closed) [[unlikely]] return Status::closed;
+      if (m_closed || consumer_closed()) [[unlikely]] return Status::closed;
       if (m_write_pos - m_cached_read_pos >= m_capacity) {
         if (!refresh_read_pos()) return Status::protocol_error;
         if (m_write_pos - m_cached_read_pos >= m_capacity) return full_status();
@@ -53,7 +53,8 @@ class Ring {
     void push(const T& value, std::chrono::nanoseconds timeout = kForever) {
       Status s = try_push(value);
       if (s == Status::would_block)
-        s = wait_for_space(1, deadline_after(timeout), [&] { return try_push(value); });
+        s = wait_for_space([] { return std::uint64_t{1}; }, deadline_after(timeout),
+                           [&] { return try_push(value); });
       if (s != Status::ok) throw_status(s, "Ring<T>::Producer::push");
     }
   };

@@ -114,6 +114,13 @@ class ProducerEnd : public RingEnd {
     if (m_ctl->wait.consumer_sleeping.load(std::memory_order_relaxed) != 0) publish();
   }
 
+  // True once the consumer closed: then nothing more may be written.
+  [[nodiscard]] bool consumer_closed() const noexcept {
+    // relaxed: the wait line is already in this core's cache (after_commit reads it); a close
+    // that lands just after this check loses only what the consumer would never have read.
+    return m_ctl->wait.consumer_closed.load(std::memory_order_relaxed) != 0;
+  }
+
   // Reloads the consumer's position; false if it is impossible (corrupt or hostile peer).
   [[nodiscard]] bool refresh_read_pos() noexcept {
     // sync(ring.free) acquire: pairs with the consumer's release/seq_cst store of read_pos in
@@ -133,10 +140,11 @@ class ProducerEnd : public RingEnd {
     return Status::would_block;
   }
 
-  // Blocks until `units` are free (bytes or slots), the deadline passes or the consumer is
-  // closed or gone. `poll` retries the caller's non-blocking operation.
-  template <class Poll>
-  Status wait_for_space(std::uint64_t units, Clock::time_point deadline, Poll&& poll) {
+  // Blocks until `units()` are free (bytes or slots; re-evaluated, as padding written by a
+  // failed attempt changes it), the deadline passes or the consumer is closed or gone.
+  // `poll` retries the caller's non-blocking operation.
+  template <class Units, class Poll>
+  Status wait_for_space(Units&& units, Clock::time_point deadline, Poll&& poll) {
     flush();
     return wait_until(
         m_wait, m_ctl->wait.producer_sleeping, deadline, poll,
@@ -144,7 +152,7 @@ class ProducerEnd : public RingEnd {
           // sync(ring.wake) seq_cst loads: pair with the consumer's seq_cst store of
           // read_pos / consumer_closed before its load of producer_sleeping.
           const std::uint64_t read_pos = m_ctl->consumer.read_pos.load(std::memory_order_seq_cst);
-          return m_write_pos + units - read_pos <= m_capacity ||
+          return m_write_pos + units() - read_pos <= m_capacity ||
                  m_ctl->wait.consumer_closed.load(std::memory_order_seq_cst) != 0;
         },
         [&] { return peer_gone(Role::consumer); });
@@ -159,15 +167,23 @@ class ProducerEnd : public RingEnd {
 };
 
 /// Consumer side: owns read_pos. Released space is published in batches (every sixteenth of
-/// the ring), and always when the ring runs empty, when the producer announced that it
-/// sleeps, and at close: so a full ring moves the consumer's line once per batch, not once
-/// per message.
+/// the ring), and always when the ring runs empty, at the next release once the producer has
+/// announced that it sleeps, at flush() and at close: so a full ring moves the consumer's line
+/// once per batch, not once per message. A consumer that stops reading with a partial batch
+/// released should flush(), or the producer sees up to a sixteenth of the ring less space.
 class ConsumerEnd : public RingEnd {
  public:
   /// Marks the ring closed for reading; the producer's next full ring reports closed.
   /// Idempotent; afterwards every call of this end reports closed. Also done by the
   /// destructor.
   void close() noexcept;
+
+  /// Publishes every release not yet published (see the class comment) and wakes a
+  /// producer waiting for space. Call it when this consumer stops reading for a while.
+  /// Thread: the consumer thread. Never blocks; one system call only if the producer sleeps.
+  void flush() noexcept {
+    if (m_dirty && !m_closed) publish_read();
+  }
 
   /// Position up to which this consumer has released (bytes or slots since creation).
   [[nodiscard]] std::uint64_t position() const noexcept { return m_read_pos; }
@@ -186,9 +202,8 @@ class ConsumerEnd : public RingEnd {
       m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_release);
       m_stored_read_pos = m_read_pos;
     }
-    // relaxed: a hint only; a producer that sleeps anyway is woken by publish_read() when
-    // this consumer next finds the ring empty, which it must reach before the producer can
-    // need more space.
+    // relaxed: a hint only; a producer that sleeps anyway is woken by the next publication
+    // (batch, empty ring, flush() or close).
     if (m_ctl->wait.producer_sleeping.load(std::memory_order_relaxed) != 0) publish_read();
   }
 
