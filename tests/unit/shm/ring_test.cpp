@@ -354,3 +354,39 @@ TEST_F(ByteRingTest, MovedEndsKeepWorking) {
 
 }  // namespace
 }  // namespace ferry::shm
+
+namespace ferry::shm {
+namespace {
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FERRY_TEST_UNDER_TSAN 1
+#endif
+#endif
+
+TEST(ByteRingContract, CommitWithoutReservationAndReleaseWithoutPeekAbort) {
+#ifdef NDEBUG
+  GTEST_SKIP() << "contract checks are compiled out with NDEBUG; the asan and tsan builds (Debug) run this";
+#elif defined(FERRY_TEST_UNDER_TSAN)
+  GTEST_SKIP() << "death tests re-execute the binary, which TSan does not support well; the asan build runs this";
+#else
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // re-executes the binary: no bare fork
+  EXPECT_DEATH(
+      {
+        auto seg = Segment::create_anonymous(ByteRing::spec(4096));
+        ByteRing::Producer producer(seg);
+        producer.commit(8);  // overwrites whatever is at the write position
+      },
+      "contract violated");
+  EXPECT_DEATH(
+      {
+        auto seg = Segment::create_anonymous(ByteRing::spec(4096));
+        ByteRing::Consumer consumer(seg);
+        consumer.release();
+      },
+      "contract violated");
+#endif
+}
+
+}  // namespace
+}  // namespace ferry::shm

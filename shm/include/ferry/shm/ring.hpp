@@ -26,6 +26,7 @@
 #include <span>
 #include <vector>
 
+#include "ferry/shm/detail/assert.hpp"
 #include "ferry/shm/detail/ring_end.hpp"
 
 namespace ferry::shm {
@@ -66,6 +67,7 @@ class ByteRing {
           if (const Status s = ensure_space(rec); s != Status::ok) return s;
           out = {m_data + index + layout::kRecordHeaderSize, n};
           m_reserved = n;
+          m_reserving = true;
           return Status::ok;
         }
         if (const Status s = ensure_space(to_end); s != Status::ok) return s;
@@ -76,6 +78,8 @@ class ByteRing {
     /// Commits the first `n` bytes of the last reservation as one message.
     /// Requires: a successful try_reserve(m) (or reserve(m)) with n <= m, not yet committed.
     void commit(std::size_t n) noexcept {
+      FERRY_ASSERT(m_reserving && n <= m_reserved, "commit() needs a reservation of at least n bytes");
+      m_reserving = false;
       // relaxed: published with the payload by the seq_cst store of write_pos in publish().
       word(m_write_pos & m_mask)
           .store(layout::make_record_header(layout::kRecordData, static_cast<std::uint32_t>(n)),
@@ -148,6 +152,7 @@ class ByteRing {
 
     std::uint64_t m_max_message;
     std::size_t m_reserved = 0;
+    bool m_reserving = false;  // a successful reservation awaits commit()
   };
 
   /// The consumer end. Thread: one consumer thread at a time. Movable, not copyable.
@@ -200,6 +205,7 @@ class ByteRing {
     /// Frees the message returned by the last successful peek.
     /// Requires: a successful try_peek()/peek() not yet released.
     void release() noexcept {
+      FERRY_ASSERT(m_peeked != 0, "release() needs a successful peek");
       m_read_pos += m_peeked;
       m_peeked = 0;
       store_read_pos();
