@@ -47,6 +47,12 @@ constexpr int kSizeSeals = F_SEAL_SHRINK | F_SEAL_GROW;
 
 [[noreturn]] void fail(Errc code, const std::string& what) { throw Error(code, what); }
 
+// A stale segment reported (OnStale::report): create_or_open must not join it.
+class StaleSegment : public Error {
+ public:
+  using Error::Error;
+};
+
 Errc errc_from_errno(int err) {
   switch (err) {
     case EACCES:
@@ -523,8 +529,9 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
       ::close(fd);
       if (!stale) fail(Errc::address_in_use, what + " already exists (in use by " + holder + ")");
       if (options.on_stale == OnStale::report)
-        fail(Errc::address_in_use, what + " is stale (left by " + holder + ") at " +
-                                       existing->path + "; remove it or use OnStale::reclaim");
+        throw StaleSegment(Errc::address_in_use, what + " is stale (left by " + holder + ") at " +
+                                                     existing->path +
+                                                     "; remove it or use OnStale::reclaim");
       // Only the file we judged: a racing reclaimer may already have put a new one there.
       unlink_if_same(file, *existing, st.st_ino, st.st_dev);
       continue;
@@ -658,6 +665,8 @@ Segment Segment::create_or_open(std::string_view name, const RingSpec& spec,
   for (int attempt = 0;; ++attempt) {
     try {
       return create(name, spec, options);
+    } catch (const StaleSegment&) {
+      throw;  // reported, not joined
     } catch (const Error& e) {
       if (e.errc() != Errc::address_in_use || attempt >= 3) throw;
     }

@@ -228,6 +228,8 @@ TEST_F(SegmentTest, StaleSegmentOfADeadCreatorIsReclaimedOrReported) {
   report.on_stale = OnStale::report;
   EXPECT_EQ(error_of([&] { Segment::create(name, ByteRing::spec(4096), report); }),
             Errc::address_in_use);
+  EXPECT_EQ(error_of([&] { Segment::create_or_open(name, ByteRing::spec(4096), report); }),
+            Errc::address_in_use);  // reported, not joined
   EXPECT_TRUE(exists(shm_path(name)));
   auto fresh = Segment::create(name, ByteRing::spec(4096));  // reclaim is the default
   EXPECT_TRUE(fresh.info().creator);
