@@ -166,7 +166,7 @@ struct RingArgs {
   std::uint32_t batch = 1;
   bool zero_copy = false;
   bool hugepages = false;
-  std::string wait = "block";
+  std::vector<std::string> waits{"block"};  // several: runs interleaved rep by rep
   std::string pin = "auto";
   int reps = 3;
   bool json_out = false;
@@ -221,17 +221,17 @@ int ring_consumer(int fd, std::size_t size, bool zero_copy, const std::string& w
 }
 
 RunResult ring_run(const RingArgs& a, std::size_t size, std::size_t capacity, const Pin& pin,
-                   SegmentInfo& info) {
+                   const std::string& wait, SegmentInfo& info) {
   SegmentOptions so;
   so.huge_pages = a.hugepages ? HugePages::prefer : HugePages::off;
   Segment seg = Segment::create_anonymous(ByteRing::spec(capacity), so);
   info = seg.info();
-  ByteRing::Producer producer(seg, {.wait = wait_options(a.wait), .batch = a.batch});
+  ByteRing::Producer producer(seg, {.wait = wait_options(wait), .batch = a.batch});
   if (size > producer.max_message_size())
     throw std::runtime_error("--size " + std::to_string(size) + " exceeds the ring's largest message (" +
                              std::to_string(producer.max_message_size()) + "): raise --capacity");
   std::vector<std::string> args{"ring-consumer", "--fd", std::to_string(seg.fd()), "--size",
-                                std::to_string(size), "--wait", a.wait, "--cpu", std::to_string(pin.b)};
+                                std::to_string(size), "--wait", wait, "--cpu", std::to_string(pin.b)};
   if (a.zero_copy) args.emplace_back("--zero-copy");
   Child child(args, {seg.fd()});
   if (child.read_line() != "ready") throw std::runtime_error("consumer process failed to start");
@@ -272,47 +272,58 @@ RunResult ring_run(const RingArgs& a, std::size_t size, std::size_t capacity, co
 int ring_main(const RingArgs& a) {
   const Pin pin = parse_pin(a.pin);
   const std::size_t capacity = parse_size(a.capacity);
+  std::string waits;
+  for (const auto& w : a.waits) waits += (waits.empty() ? "" : ",") + w;
   if (!a.json_out) {
-    std::printf("ferry-bench ring: two processes, capacity %s, batch %u, %s, wait %s, pin %s, %d x %.1f s (median)\n",
+    std::printf("ferry-bench ring: two processes, capacity %s, batch %u, %s, wait %s, pin %s, %d x %.1f s (median%s)\n",
                 human_bytes(static_cast<double>(capacity)).c_str(), a.batch,
-                a.zero_copy ? "zero-copy" : "copy in and out", a.wait.c_str(),
+                a.zero_copy ? "zero-copy" : "copy in and out", waits.c_str(),
                 pin.a < 0 ? "none" : (std::to_string(pin.a) + "," + std::to_string(pin.b)).c_str(), a.reps,
-                a.seconds);
-    std::printf("%10s %14s %12s %10s %6s  %s\n", "size", "msgs/s", "GB/s", "Gbit/s", "lost", "pages");
+                a.seconds, a.waits.size() > 1 ? "; wait modes interleaved run by run" : "");
+    std::printf("%10s %14s %12s %10s %6s  %-6s %s\n", "size", "msgs/s", "GB/s", "Gbit/s", "lost", "pages", "wait");
   }
   int failures = 0;
-  for (const auto& size_text : a.sizes) {
-    const std::size_t size = parse_size(size_text);
+  struct Series {
     std::vector<double> rates, bps;
     std::uint64_t lost = 0;
-    SegmentInfo info;
     json runs = json::array();
+  };
+  for (const auto& size_text : a.sizes) {
+    const std::size_t size = parse_size(size_text);
+    std::vector<Series> series(a.waits.size());
+    SegmentInfo info;
     for (int rep = 0; rep < a.reps; ++rep) {
-      const RunResult r = ring_run(a, size, capacity, pin, info);
-      rates.push_back(r.msgs_per_s);
-      bps.push_back(r.bytes_per_s);
-      lost += r.lost;
-      runs.push_back({{"msgs_per_s", r.msgs_per_s}, {"bytes_per_s", r.bytes_per_s}, {"messages", r.messages}, {"lost", r.lost}});
+      for (std::size_t w = 0; w < a.waits.size(); ++w) {
+        const RunResult r = ring_run(a, size, capacity, pin, a.waits[w], info);
+        series[w].rates.push_back(r.msgs_per_s);
+        series[w].bps.push_back(r.bytes_per_s);
+        series[w].lost += r.lost;
+        series[w].runs.push_back({{"msgs_per_s", r.msgs_per_s}, {"bytes_per_s", r.bytes_per_s},
+                                  {"messages", r.messages}, {"lost", r.lost}});
+      }
     }
-    if (lost != 0) ++failures;
-    const double m = median(rates);
-    const double b = median(bps);
-    if (a.json_out) {
-      json j{{"bench", "ring"},         {"size", size},
-             {"capacity", capacity},    {"batch", a.batch},
-             {"zero_copy", a.zero_copy}, {"wait", a.wait},
-             {"pin", pin.a < 0 ? json(nullptr) : json::array({pin.a, pin.b})},
-             {"seconds", a.seconds},    {"reps", a.reps},
-             {"msgs_per_s", m},         {"bytes_per_s", b},
-             {"lost", lost},            {"page_size", info.page_size},
-             {"backing", info.backing}, {"runs", runs}};
-      if (!info.fallback.empty()) j["hugepage_fallback"] = info.fallback;
-      std::printf("%s\n", j.dump().c_str());
-    } else {
-      std::printf("%10s %14.0f %12.2f %10.2f %6llu  %s%s\n", human_bytes(static_cast<double>(size)).c_str(), m,
-                  b / 1e9, b * 8 / 1e9, static_cast<unsigned long long>(lost),
-                  human_bytes(static_cast<double>(info.page_size)).c_str(),
-                  info.fallback.empty() ? "" : " (hugepages unavailable)");
+    for (std::size_t w = 0; w < a.waits.size(); ++w) {
+      const Series& sr = series[w];
+      if (sr.lost != 0) ++failures;
+      const double m = median(sr.rates);
+      const double b = median(sr.bps);
+      if (a.json_out) {
+        json j{{"bench", "ring"},         {"size", size},
+               {"capacity", capacity},    {"batch", a.batch},
+               {"zero_copy", a.zero_copy}, {"wait", a.waits[w]},
+               {"pin", pin.a < 0 ? json(nullptr) : json::array({pin.a, pin.b})},
+               {"seconds", a.seconds},    {"reps", a.reps},
+               {"msgs_per_s", m},         {"bytes_per_s", b},
+               {"lost", sr.lost},         {"page_size", info.page_size},
+               {"backing", info.backing}, {"runs", sr.runs}};
+        if (!info.fallback.empty()) j["hugepage_fallback"] = info.fallback;
+        std::printf("%s\n", j.dump().c_str());
+      } else {
+        std::printf("%10s %14.0f %12.2f %10.2f %6llu  %-6s %s%s\n", human_bytes(static_cast<double>(size)).c_str(), m,
+                    b / 1e9, b * 8 / 1e9, static_cast<unsigned long long>(sr.lost),
+                    human_bytes(static_cast<double>(info.page_size)).c_str(), a.waits[w].c_str(),
+                    info.fallback.empty() ? "" : " (hugepages unavailable)");
+      }
     }
     std::fflush(stdout);
   }
@@ -489,7 +500,8 @@ int main(int argc, char** argv) {
   ring_cmd->add_option("--batch", ring.batch, "publish write_pos every N messages")->check(CLI::PositiveNumber);
   ring_cmd->add_flag("--zero-copy", ring.zero_copy, "write and read in place (only the sequence number)");
   ring_cmd->add_flag("--hugepages", ring.hugepages, "prefer hugepage-backed memory (page size is reported)");
-  ring_cmd->add_option("--wait", ring.wait, "spin | block (spin, then sleep) | sleep (no spin)")
+  ring_cmd->add_option("--wait", ring.waits, "spin | block (spin, then sleep) | sleep (no spin); a list runs each, interleaved")
+      ->delimiter(',')
       ->check(CLI::IsMember({"spin", "block", "sleep"}));
   ring_cmd->add_option("--pin", ring.pin, "A,B: producer on CPU A, consumer on B; auto; none");
   ring_cmd->add_option("--reps", ring.reps, "runs per size; the median is reported")->check(CLI::PositiveNumber);
