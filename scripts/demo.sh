@@ -19,8 +19,10 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 echo "Kernel: $(uname -r); 2 MiB hugepages reserved: $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages 2>/dev/null || echo n/a)"
 echo
 echo "== One-way streaming, two processes pinned to CPUs 0 and 1, copy in and out"
-echo "   (each figure: median of $reps runs of ${seconds} s; lost must be 0)"
-"$bench" ring --size 8,64,1264,64K,2M --batch 64 --seconds "$seconds" --reps "$reps"
+echo "   (each figure: median of $reps runs of ${seconds} s; lost must be 0). Each size also runs"
+echo "   'ideal', a minimal spin-only ring without checks (tools/ideal_ring.hpp), alternately"
+echo "   with Ferry, so the ratio compares the two under the same machine state."
+"$bench" ring --size 8,64,1264,64K,2M --batch 64 --impl ferry,ideal --seconds "$seconds" --reps "$reps"
 echo
 echo "-- publication of every message (batch 1) instead of every 64"
 "$bench" ring --size 8,64 --batch 1 --seconds "$seconds" --reps "$reps" | tail -n +3

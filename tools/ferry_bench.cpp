@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "ferry/shm/ring.hpp"
+#include "ideal_ring.hpp"
 
 extern char** environ;
 
@@ -167,6 +168,7 @@ struct RingArgs {
   bool zero_copy = false;
   bool hugepages = false;
   std::vector<std::string> waits{"block"};  // several: runs interleaved rep by rep
+  std::vector<std::string> impls{"ferry"};  // ferry and/or ideal (the baseline), interleaved
   std::string pin = "auto";
   int reps = 3;
   bool json_out = false;
@@ -180,10 +182,18 @@ struct RunResult {
 };
 
 // The consumer process: reads until the producer closes; prints "done msgs bytes ns lost".
-int ring_consumer(int fd, std::size_t size, bool zero_copy, const std::string& wait, int cpu) {
+int ring_consumer(int fd, std::size_t size, bool zero_copy, const std::string& wait, int cpu,
+                  const std::string& impl) {
   pin_to(cpu);
   Segment seg = Segment::open_fd(fd, ByteRing::spec(0));
-  ByteRing::Consumer consumer(seg, wait_options(wait));
+  const bool ideal = impl == "ideal";
+  std::optional<ByteRing::Consumer> consumer;
+  std::optional<ferry::bench::IdealConsumer> baseline;
+  if (ideal)
+    baseline.emplace(seg.control().producer.write_pos, seg.control().consumer.read_pos, seg.data(),
+                     seg.spec().capacity);
+  else
+    consumer.emplace(seg, wait_options(wait));
   std::vector<std::byte> dst(size);
   std::printf("ready\n");
   std::fflush(stdout);
@@ -191,11 +201,27 @@ int ring_consumer(int fd, std::size_t size, bool zero_copy, const std::string& w
   SteadyClock::time_point first{}, last{};
   for (;;) {
     std::span<const std::byte> msg;
-    try {
-      msg = consumer.peek(std::chrono::seconds(60));
-    } catch (const ferry::Error& e) {
-      if (e.errc() == ferry::Errc::closed) break;
-      throw;
+    if (ideal) {
+      std::uint64_t length = 0;
+      const std::byte* p = baseline->peek(length);
+      if (p == nullptr) {
+        // acquire: the producer sets it after its last publication (release).
+        if (seg.control().wait.producer_closed.load(std::memory_order_acquire) != 0 &&
+            baseline->peek(length) == nullptr)
+          break;
+        if (p = baseline->peek(length); p == nullptr) {
+          cpu_relax();
+          continue;
+        }
+      }
+      msg = {p, static_cast<std::size_t>(length)};
+    } else {
+      try {
+        msg = consumer->peek(std::chrono::seconds(60));
+      } catch (const ferry::Error& e) {
+        if (e.errc() == ferry::Errc::closed) break;
+        throw;
+      }
     }
     if (count++ == 0) first = SteadyClock::now();  // no clock read per message: it costs ~20 ns
     if (msg.size() >= 8) {
@@ -208,7 +234,10 @@ int ring_consumer(int fd, std::size_t size, bool zero_copy, const std::string& w
       std::memcpy(dst.data(), msg.data(), msg.size());
       asm volatile("" : : "r"(dst.data()) : "memory");  // the copy is observable: keep it
     }
-    consumer.release();
+    if (ideal)
+      baseline->release();
+    else
+      consumer->release();
   }
   // The producer closes right after its last message; the close is seen microseconds later.
   last = SteadyClock::now();
@@ -221,17 +250,23 @@ int ring_consumer(int fd, std::size_t size, bool zero_copy, const std::string& w
 }
 
 RunResult ring_run(const RingArgs& a, std::size_t size, std::size_t capacity, const Pin& pin,
-                   const std::string& wait, SegmentInfo& info) {
+                   const std::string& impl, const std::string& wait, SegmentInfo& info) {
   SegmentOptions so;
   so.huge_pages = a.hugepages ? HugePages::prefer : HugePages::off;
   Segment seg = Segment::create_anonymous(ByteRing::spec(capacity), so);
   info = seg.info();
-  ByteRing::Producer producer(seg, {.wait = wait_options(wait), .batch = a.batch});
-  if (size > producer.max_message_size())
+  if (size > ByteRing::max_message_size(capacity))
     throw std::runtime_error("--size " + std::to_string(size) + " exceeds the ring's largest message (" +
-                             std::to_string(producer.max_message_size()) + "): raise --capacity");
-  std::vector<std::string> args{"ring-consumer", "--fd", std::to_string(seg.fd()), "--size",
-                                std::to_string(size), "--wait", wait, "--cpu", std::to_string(pin.b)};
+                             std::to_string(ByteRing::max_message_size(capacity)) + "): raise --capacity");
+  const bool ideal = impl == "ideal";
+  std::optional<ByteRing::Producer> producer;
+  std::optional<ferry::bench::IdealProducer> baseline;
+  if (ideal)
+    baseline.emplace(seg.control().producer.write_pos, seg.control().consumer.read_pos, seg.data(), capacity);
+  else
+    producer.emplace(seg, ProducerOptions{.wait = wait_options(wait), .batch = a.batch});
+  std::vector<std::string> args{"ring-consumer", "--fd", std::to_string(seg.fd()), "--size", std::to_string(size),
+                                "--wait", wait, "--cpu", std::to_string(pin.b), "--impl", impl};
   if (a.zero_copy) args.emplace_back("--zero-copy");
   Child child(args, {seg.fd()});
   if (child.read_line() != "ready") throw std::runtime_error("consumer process failed to start");
@@ -242,17 +277,26 @@ RunResult ring_run(const RingArgs& a, std::size_t size, std::size_t capacity, co
   std::uint64_t seq = 0;
   do {
     for (int i = 0; i < 256; ++i, ++seq) {
-      if (a.zero_copy) {
-        auto out = producer.reserve(size);
+      if (ideal) {
+        if (size >= 8) std::memcpy(src.data(), &seq, 8);
+        baseline->push(src.data(), size);
+      } else if (a.zero_copy) {
+        auto out = producer->reserve(size);
         if (size >= 8) std::memcpy(out.data(), &seq, 8);
-        producer.commit(size);
+        producer->commit(size);
       } else {
         if (size >= 8) std::memcpy(src.data(), &seq, 8);
-        producer.push(src);
+        producer->push(src);
       }
     }
   } while (SteadyClock::now() - start < duration);
-  producer.close();
+  if (ideal) {
+    baseline->publish();
+    // release: after the last publication; the consumer's acquire load pairs with it.
+    seg.control().wait.producer_closed.store(1, std::memory_order_release);
+  } else {
+    producer->close();
+  }
   const std::string done = child.read_line();
   unsigned long long msgs = 0, bytes = 0, lost = 0;
   long long ns = 0;
@@ -280,7 +324,18 @@ int ring_main(const RingArgs& a) {
                 a.zero_copy ? "zero-copy" : "copy in and out", waits.c_str(),
                 pin.a < 0 ? "none" : (std::to_string(pin.a) + "," + std::to_string(pin.b)).c_str(), a.reps,
                 a.seconds, a.waits.size() > 1 ? "; wait modes interleaved run by run" : "");
-    std::printf("%10s %14s %12s %10s %6s  %-6s %s\n", "size", "msgs/s", "GB/s", "Gbit/s", "lost", "pages", "wait");
+    std::printf("%10s %14s %12s %10s %6s  %-6s %-5s %s\n", "size", "msgs/s", "GB/s", "Gbit/s", "lost", "pages", "wait", "impl");
+  }
+  struct Combo {
+    std::string impl, wait;
+  };
+  std::vector<Combo> combos;
+  for (const auto& impl : a.impls) {
+    if (impl == "ideal") {
+      combos.push_back({impl, "spin"});  // the baseline only spins
+      continue;
+    }
+    for (const auto& w : a.waits) combos.push_back({impl, w});
   }
   int failures = 0;
   struct Series {
@@ -290,11 +345,11 @@ int ring_main(const RingArgs& a) {
   };
   for (const auto& size_text : a.sizes) {
     const std::size_t size = parse_size(size_text);
-    std::vector<Series> series(a.waits.size());
+    std::vector<Series> series(combos.size());
     SegmentInfo info;
     for (int rep = 0; rep < a.reps; ++rep) {
-      for (std::size_t w = 0; w < a.waits.size(); ++w) {
-        const RunResult r = ring_run(a, size, capacity, pin, a.waits[w], info);
+      for (std::size_t w = 0; w < combos.size(); ++w) {
+        const RunResult r = ring_run(a, size, capacity, pin, combos[w].impl, combos[w].wait, info);
         series[w].rates.push_back(r.msgs_per_s);
         series[w].bps.push_back(r.bytes_per_s);
         series[w].lost += r.lost;
@@ -302,7 +357,10 @@ int ring_main(const RingArgs& a) {
                                   {"messages", r.messages}, {"lost", r.lost}});
       }
     }
-    for (std::size_t w = 0; w < a.waits.size(); ++w) {
+    double ideal_rate = 0;
+    for (std::size_t w = 0; w < combos.size(); ++w)
+      if (combos[w].impl == "ideal") ideal_rate = median(series[w].rates);
+    for (std::size_t w = 0; w < combos.size(); ++w) {
       const Series& sr = series[w];
       if (sr.lost != 0) ++failures;
       const double m = median(sr.rates);
@@ -310,19 +368,23 @@ int ring_main(const RingArgs& a) {
       if (a.json_out) {
         json j{{"bench", "ring"},         {"size", size},
                {"capacity", capacity},    {"batch", a.batch},
-               {"zero_copy", a.zero_copy}, {"wait", a.waits[w]},
+               {"zero_copy", a.zero_copy}, {"wait", combos[w].wait}, {"impl", combos[w].impl},
                {"pin", pin.a < 0 ? json(nullptr) : json::array({pin.a, pin.b})},
                {"seconds", a.seconds},    {"reps", a.reps},
                {"msgs_per_s", m},         {"bytes_per_s", b},
                {"lost", sr.lost},         {"page_size", info.page_size},
                {"backing", info.backing}, {"runs", sr.runs}};
         if (!info.fallback.empty()) j["hugepage_fallback"] = info.fallback;
+        if (ideal_rate > 0 && combos[w].impl != "ideal") j["ratio_to_ideal"] = m / ideal_rate;
         std::printf("%s\n", j.dump().c_str());
       } else {
-        std::printf("%10s %14.0f %12.2f %10.2f %6llu  %-6s %s%s\n", human_bytes(static_cast<double>(size)).c_str(), m,
-                    b / 1e9, b * 8 / 1e9, static_cast<unsigned long long>(sr.lost),
-                    human_bytes(static_cast<double>(info.page_size)).c_str(), a.waits[w].c_str(),
-                    info.fallback.empty() ? "" : " (hugepages unavailable)");
+        char ratio[32] = "";
+        if (ideal_rate > 0 && combos[w].impl != "ideal")
+          std::snprintf(ratio, sizeof ratio, "  %5.1f%% of ideal", 100 * m / ideal_rate);
+        std::printf("%10s %14.0f %12.2f %10.2f %6llu  %-6s %-5s %-5s%s%s\n", human_bytes(static_cast<double>(size)).c_str(),
+                    m, b / 1e9, b * 8 / 1e9, static_cast<unsigned long long>(sr.lost),
+                    human_bytes(static_cast<double>(info.page_size)).c_str(), combos[w].wait.c_str(),
+                    combos[w].impl.c_str(), ratio, info.fallback.empty() ? "" : " (hugepages unavailable)");
       }
     }
     std::fflush(stdout);
@@ -505,6 +567,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"spin", "block", "sleep"}));
   ring_cmd->add_option("--pin", ring.pin, "A,B: producer on CPU A, consumer on B; auto; none");
   ring_cmd->add_option("--reps", ring.reps, "runs per size; the median is reported")->check(CLI::PositiveNumber);
+  ring_cmd->add_option("--impl", ring.impls, "ferry | ideal (a minimal baseline ring, spin-only); a list runs each, interleaved")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"ferry", "ideal"}));
   ring_cmd->add_flag("--json", ring.json_out, "one JSON object per line");
 
   PingArgs ping;
@@ -542,6 +607,8 @@ int main(int argc, char** argv) {
   consumer_cmd->add_flag("--zero-copy", zero_copy);
   consumer_cmd->add_option("--wait", wait);
   consumer_cmd->add_option("--cpu", cpu);
+  std::string impl = "ferry";
+  consumer_cmd->add_option("--impl", impl);
   auto* echo_cmd = app.add_subcommand("ring-echo")->group("");
   echo_cmd->add_option("--fd-in", fd_in)->required();
   echo_cmd->add_option("--fd-out", fd_out)->required();
@@ -556,7 +623,7 @@ int main(int argc, char** argv) {
   try {
     if (*ring_cmd) return ring_main(ring);
     if (*ping_cmd) return pingpong_main(ping);
-    if (*consumer_cmd) return ring_consumer(fd, size, zero_copy, wait, cpu);
+    if (*consumer_cmd) return ring_consumer(fd, size, zero_copy, wait, cpu, impl);
     if (*echo_cmd) return ring_echo(fd_in, fd_out, wait, cpu);
     if (*futex_cmd) return futex_pingpong_main(futex_args);
     if (*futex_echo_cmd) return futex_echo(fd, cpu);
