@@ -354,6 +354,14 @@ bool no_live_holder(const Control& ctl, bool except_self, std::string* holder = 
   return true;
 }
 
+// A segment file whose creator never got as far as writing its identity is taken for
+// abandoned once it is this old (a live creator writes it within milliseconds).
+bool abandoned(const struct stat& st) {
+  constexpr auto kCreationGrace = std::chrono::seconds(2);
+  return std::chrono::system_clock::now().time_since_epoch() -
+             std::chrono::seconds(st.st_mtim.tv_sec) > kCreationGrace;
+}
+
 // Unlinks `path` only if it still names the file (inode, device) we looked at.
 void unlink_if_same(const std::string& file, const Location& where, std::uint64_t inode,
                     std::uint64_t device) {
@@ -508,9 +516,7 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
           const auto state = ctl.header.state.load(std::memory_order_relaxed);
           if (ctl.header.creator == 0) {
             // Claimed but not yet identified (or never claimed): judge by age, as below.
-            stale = state == static_cast<std::uint32_t>(SegmentState::blank) &&
-                    std::chrono::system_clock::now().time_since_epoch() -
-                            std::chrono::seconds(st.st_mtim.tv_sec) > std::chrono::seconds(2);
+            stale = state == static_cast<std::uint32_t>(SegmentState::blank) && abandoned(st);
             holder = "a creator still initialising it";
           } else {
             stale = no_live_holder(ctl, /*except_self=*/false, &holder);
@@ -521,9 +527,7 @@ Segment Segment::create(std::string_view name, const RingSpec& spec,
         }
       } else {
         // Never sized: a creator died before ftruncate, or is between open and ftruncate.
-        const auto age = std::chrono::system_clock::now().time_since_epoch() -
-                         std::chrono::seconds(st.st_mtim.tv_sec);
-        stale = age > std::chrono::seconds(2);
+        stale = abandoned(st);
         holder = "a creator that never finished";
       }
       ::close(fd);

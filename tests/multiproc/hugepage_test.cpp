@@ -17,6 +17,7 @@
 #include "ferry/shm/ring.hpp"
 #include "support/pattern.hpp"
 #include "support/spawn.hpp"
+#include "support/errors.hpp"
 #include "support/unique_name.hpp"
 
 namespace ferry::shm {
@@ -32,14 +33,7 @@ long read_pool() {
 }
 void write_pool(long pages) { std::ofstream(kPool) << pages; }
 
-Errc error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.errc();
-  }
-  return Errc::internal;  // no error: never expected by these tests
-}
+using test::error_of;
 
 TEST(HugePagePolicy, RequiredHugepagesWithoutAPoolFailClearlyAndPreferFallsBack) {
   const long pages = read_pool();

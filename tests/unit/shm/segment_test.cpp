@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "ferry/shm/ring.hpp"
+#include "support/errors.hpp"
 #include "support/unique_name.hpp"
 
 namespace ferry::shm {
@@ -23,15 +24,7 @@ namespace {
 std::string shm_path(const std::string& name) { return "/dev/shm/" + segment_file_name(name); }
 bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
-template <class F>
-Errc error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.errc();
-  }
-  return Errc::internal;  // no error: never expected by these tests
-}
+using test::error_of;
 
 class SegmentTest : public ::testing::Test {
  protected:

@@ -40,8 +40,8 @@ namespace ferry::shm::layout {
 //
 //    63                     32 31                      0
 //   +-------------------------+-------------------------+
-//   |  type: 0 none, 1 data,  |  length: payload bytes  |  header word (std::uint64_t)
-//   |        2 padding        |                         |
+//   |  type: 1 data,          |  length: payload bytes  |  header word (std::uint64_t)
+//   |  2 padding, else corrupt|                         |
 //   +-------------------------+-------------------------+
 //   |  payload (length bytes), then unspecified bytes up to a multiple of 8             |
 //   +-----------------------------------------------------------------------------------+
@@ -60,7 +60,6 @@ inline constexpr std::size_t kDataOffset = 4096;
 
 inline constexpr std::size_t kRecordAlign = 8;
 inline constexpr std::size_t kRecordHeaderSize = 8;
-inline constexpr std::uint32_t kRecordNone = 0;
 inline constexpr std::uint32_t kRecordData = 1;
 inline constexpr std::uint32_t kRecordPadding = 2;
 
