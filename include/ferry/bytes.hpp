@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: Apache-2.0
+// ferry::Bytes: an owned, move-only byte buffer (no zero-filling on allocation). Public API.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace ferry {
+
+/// Owned bytes. Move-only, so a message is never copied by accident; Bytes(n) leaves the
+/// contents uninitialised, so a receiver can read straight into a buffer of the message's size.
+class Bytes {
+ public:
+  Bytes() = default;
+  /// n uninitialised bytes.
+  explicit Bytes(std::size_t n) : m_data(n ? std::make_unique_for_overwrite<std::byte[]>(n) : nullptr), m_size(n) {}
+  [[nodiscard]] static Bytes copy_of(std::span<const std::byte> src) {
+    Bytes b(src.size());
+    if (!src.empty()) std::memcpy(b.data(), src.data(), src.size());
+    return b;
+  }
+  [[nodiscard]] static Bytes copy_of(std::string_view src) {
+    return copy_of(std::as_bytes(std::span(src.data(), src.size())));
+  }
+
+  Bytes(Bytes&& other) noexcept : m_data(std::move(other.m_data)), m_size(std::exchange(other.m_size, 0)) {}
+  Bytes& operator=(Bytes&& other) noexcept {
+    m_data = std::move(other.m_data);
+    m_size = std::exchange(other.m_size, 0);
+    return *this;
+  }
+  Bytes(const Bytes&) = delete;
+  Bytes& operator=(const Bytes&) = delete;
+  ~Bytes() = default;
+
+  [[nodiscard]] std::byte* data() noexcept { return m_data.get(); }
+  [[nodiscard]] const std::byte* data() const noexcept { return m_data.get(); }
+  [[nodiscard]] std::size_t size() const noexcept { return m_size; }
+  [[nodiscard]] bool empty() const noexcept { return m_size == 0; }
+  [[nodiscard]] std::span<std::byte> span() noexcept { return {data(), m_size}; }
+  [[nodiscard]] std::span<const std::byte> span() const noexcept { return {data(), m_size}; }
+  /// The bytes as characters (no copy).
+  [[nodiscard]] std::string_view text() const noexcept {
+    return {reinterpret_cast<const char*>(data()), m_size};
+  }
+
+ private:
+  std::unique_ptr<std::byte[]> m_data;
+  std::size_t m_size = 0;
+};
+
+}  // namespace ferry

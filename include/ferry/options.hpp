@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: Apache-2.0
+// ferry::Options: everything open() needs, as a plain aggregate with defaults. Public API.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <system_error>
+
+#include <ferry/peer_id.hpp>
+
+namespace ferry {
+
+/// A server accepts clients and may address any of them; a client talks to one server.
+enum class Purpose { server, client };
+
+/// Limits and timings of every connection (net-queue's ConnectionOptions, plus the bounds and
+/// keep-alives it lacks). All sizes are bytes.
+struct ConnectionOptions {
+  /// Largest chunk a message is split into on the wire (net-queue's protocol_size).
+  std::size_t transport_size = std::size_t{1} << 20;
+  /// Small frames queued together are merged into one write up to this size
+  /// (net-queue's efficient_size).
+  std::size_t merge_size = std::size_t{64} << 10;
+  /// Largest message this side accepts; a larger one is refused with
+  /// Errc::message_too_large, never split.
+  std::size_t message_size = std::size_t{1} << 30;
+  /// Bytes a peer may have written but not yet acknowledged; beyond it put handles stay
+  /// pending until acknowledgements arrive (back-pressure).
+  std::size_t send_window = std::size_t{32} << 20;
+  /// Messages and bytes queued for one peer (sent or not, until acknowledged). A put beyond
+  /// either fails for that peer with Errc::would_block: put() never blocks and never drops.
+  std::size_t send_queue_messages = std::size_t{1} << 20;
+  std::size_t send_queue_bytes = std::size_t{1} << 30;
+  /// Messages and bytes received from one peer and not yet taken by get(). When either is
+  /// reached Ferry stops reading from that peer (the peer's puts stay pending); other peers
+  /// are not affected. A single message larger than the byte bound is still admitted when
+  /// that peer has nothing queued.
+  std::size_t receive_queue_messages = std::size_t{1} << 16;
+  std::size_t receive_queue_bytes = std::size_t{32} << 20;
+  /// Server: live connections beyond this are refused in the handshake.
+  std::size_t max_connections = 1024;
+
+  /// Client: how long open() and each reconnection attempt series may take.
+  std::chrono::milliseconds connect_timeout{10'000};
+  /// A connection that has not completed the (TLS and) Ferry handshake by then is dropped.
+  std::chrono::milliseconds handshake_timeout{5'000};
+  /// A keep-alive is sent when nothing else was sent for this long...
+  std::chrono::milliseconds keepalive_interval{1'000};
+  /// ...and a peer that sent nothing for this long is declared lost (Errc::peer_lost).
+  std::chrono::milliseconds keepalive_timeout{5'000};
+  /// After a dropped connection a session is kept this long for the client to reconnect
+  /// with the same id and resume (unacknowledged messages resent, duplicates suppressed).
+  /// Its pending puts fail with Errc::peer_lost when it expires. Zero: no resumption.
+  std::chrono::milliseconds resume_timeout{10'000};
+  /// close() waits at most this long for queued messages to be acknowledged.
+  std::chrono::milliseconds close_timeout{5'000};
+};
+
+/// TLS material for tls:// endpoints. Paths to PEM files.
+struct SecurityOptions {
+  /// Server: its private key and certificate chain (required for tls://). Client: its own key
+  /// and certificate for mutual TLS (optional).
+  std::filesystem::path key;
+  std::filesystem::path certificate;
+  /// Client: CA certificates that verify the server (empty: the system store).
+  /// Server: CA certificates that verify client certificates.
+  std::filesystem::path ca;
+  /// Client: check that the server's certificate names the host it connects to
+  /// (server_name if set, otherwise the endpoint's host).
+  bool verify_hostname = true;
+  std::string server_name;
+  /// Server: refuse clients without a certificate signed by `ca` (mutual TLS).
+  bool require_client_certificate = false;
+};
+
+/// Everything open() needs. Thread-safety of the callbacks: they run on a Ferry worker thread,
+/// must not block, and must not call close() on the same communicator.
+struct Options {
+  /// This side's id; a client reusing an id resumes its session.
+  PeerId id = PeerId::random();
+  /// Where a server listens or a client connects: see ferry::Endpoint.
+  std::string endpoint = "tcp://127.0.0.1:51966";
+  ConnectionOptions connection{};
+  SecurityOptions security{};
+  /// Threads that run the network I/O (one event loop shared by every connection).
+  unsigned workers = 1;
+  /// A peer connected (or reconnected and resumed its session).
+  std::function<void(const PeerId&)> on_connect;
+  /// A peer's connection ended: Errc::closed for a clean close, Errc::peer_lost for EOF, a
+  /// reset or a keep-alive timeout, Errc::protocol_error for bad input.
+  std::function<void(const PeerId&, std::error_code)> on_disconnect;
+};
+
+}  // namespace ferry

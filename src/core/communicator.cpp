@@ -1,0 +1,418 @@
+// SPDX-License-Identifier: Apache-2.0
+// CommunicatorImpl (sessions, receive queue, put/get/close) and the public Communicator over
+// it. Layer: src/core.
+#include "core/communicator_impl.hpp"
+
+#include <algorithm>
+
+namespace ferry::detail {
+namespace {
+
+std::error_code code(Errc e) { return make_error_code(e); }
+
+void check_options(const Options& o) {
+  const auto& c = o.connection;
+  const auto bad = [](const std::string& what) { throw Error(Errc::invalid_argument, "options: " + what); };
+  if (c.transport_size == 0 || c.transport_size > framing::kMaxChunk) bad("transport_size must be in [1, 1 GiB]");
+  if (c.message_size == 0) bad("message_size must be > 0");
+  if (c.send_window == 0) bad("send_window must be > 0");
+  if (c.send_queue_messages == 0 || c.send_queue_bytes == 0) bad("send queue bounds must be > 0");
+  if (c.receive_queue_messages == 0 || c.receive_queue_bytes == 0) bad("receive queue bounds must be > 0");
+  if (c.max_connections == 0) bad("max_connections must be > 0");
+  if (c.keepalive_interval.count() <= 0 || c.keepalive_timeout <= c.keepalive_interval) {
+    bad("keepalive_timeout must exceed keepalive_interval > 0");
+  }
+  if (c.connect_timeout.count() <= 0 || c.handshake_timeout.count() <= 0 || c.close_timeout.count() < 0 ||
+      c.resume_timeout.count() < 0) {
+    bad("timeouts must be positive");
+  }
+  if (o.workers == 0 || o.workers > 256) bad("workers must be in [1, 256]");
+  if (o.id.is_nil()) bad("id must not be the nil UUID");
+}
+
+}  // namespace
+
+CommunicatorImpl::CommunicatorImpl(Purpose purpose, Options options, Endpoint endpoint)
+    : m_purpose(purpose), m_options(std::move(options)), m_endpoint(std::move(endpoint)) {
+  check_options(m_options);
+}
+
+CommunicatorImpl::~CommunicatorImpl() {
+  if (m_transport) m_transport->stop();
+}
+
+void CommunicatorImpl::start() { m_transport = make_transport(*this); }
+
+std::string CommunicatorImpl::local_endpoint() const { return m_transport->local_endpoint(); }
+
+bool CommunicatorImpl::closed() const noexcept {
+  // sync(comm.closed) acquire: pairs with the release store in close().
+  return m_closed.load(std::memory_order_acquire);
+}
+
+std::uint32_t CommunicatorImpl::max_chunk() const noexcept {
+  // A peer may send chunks up to our own transport size or 1 MiB, whichever is larger, so two
+  // sides with different transport sizes still agree.
+  return static_cast<std::uint32_t>(std::max<std::size_t>(m_options.connection.transport_size, std::size_t{1} << 20));
+}
+
+void CommunicatorImpl::fill_limits(framing::Hello& hello) const {
+  hello.id = m_options.id;
+  hello.max_message = m_options.connection.message_size;
+  hello.max_chunk = max_chunk();
+}
+
+PutHandle CommunicatorImpl::put(Payload payload, std::span<const PeerId> peers) {
+  std::vector<std::shared_ptr<Session>> targets;
+  std::vector<PeerId> ids;
+  std::vector<Errc> early;  // per target: Errc{} or a failure known before queueing
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    if (m_purpose == Purpose::client) {
+      if (peers.empty()) {
+        ids.push_back(m_server ? m_server->peer() : PeerId{});
+        targets.push_back(m_server);
+        early.push_back(m_server ? Errc{} : Errc::closed);
+      }
+      for (const PeerId& p : peers) {
+        const bool ok = m_server && m_server->peer() == p;
+        ids.push_back(p);
+        targets.push_back(ok ? m_server : nullptr);
+        early.push_back(ok ? Errc{} : Errc::not_found);
+      }
+    } else if (peers.empty()) {
+      for (const auto& [id, s] : m_sessions) {
+        ids.push_back(id);
+        targets.push_back(s);
+        early.push_back(Errc{});
+      }
+    } else {
+      for (const PeerId& p : peers) {
+        const auto it = m_sessions.find(p);
+        ids.push_back(p);
+        targets.push_back(it == m_sessions.end() ? nullptr : it->second);
+        early.push_back(it == m_sessions.end() ? Errc::not_found : Errc{});
+      }
+    }
+  }
+  auto state = std::make_shared<PutState>(std::move(payload), ids);
+  const std::shared_ptr<const Payload> bytes = state->payload();
+  const bool closed_now = closed();
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    Errc e = closed_now ? Errc::closed : early[i];
+    if (e == Errc{}) e = targets[i]->enqueue(state, static_cast<std::uint32_t>(i), bytes);
+    if (e != Errc{}) state->fail(i, code(e));
+  }
+  return PutHandle(std::move(state));
+}
+
+bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes message) {
+  const std::size_t size = message.size();
+  bool keep_reading = true;
+  {
+    const std::lock_guard lock(m_rx_mutex);
+    session->rx_messages += 1;
+    session->rx_bytes += size;
+    m_rx_bytes += size;
+    m_rx.push_back(Received{Message{session->peer(), std::move(message)}, session});
+    const auto& c = m_options.connection;
+    if (session->rx_messages >= c.receive_queue_messages || session->rx_bytes >= c.receive_queue_bytes) {
+      session->rx_paused = true;
+      keep_reading = false;
+    }
+  }
+  m_rx_cv.notify_one();
+  session->delivered_one(size);
+  return keep_reading;
+}
+
+std::optional<Message> CommunicatorImpl::pop_locked(std::unique_lock<std::mutex>& lock) {
+  if (m_rx.empty()) return std::nullopt;
+  Received r = std::move(m_rx.front());
+  m_rx.pop_front();
+  const std::size_t size = r.message.data.size();
+  m_rx_bytes -= size;
+  Session& s = *r.session;
+  s.rx_messages -= 1;
+  s.rx_bytes -= size;
+  const auto& c = m_options.connection;
+  // Resume a paused reader at half the bounds, not at the first free slot, so it reads in
+  // batches instead of one message per wake-up.
+  if (s.rx_paused && s.rx_messages <= c.receive_queue_messages / 2 && s.rx_bytes <= c.receive_queue_bytes / 2) {
+    s.rx_paused = false;
+    std::shared_ptr<Link> link = s.link();
+    lock.unlock();
+    if (link) link->resume_reading();
+    lock.lock();
+  }
+  return std::move(r.message);
+}
+
+void CommunicatorImpl::throw_if_done_locked() const {
+  if (m_stopped) throw Error(Errc::closed, "get: communicator closed");
+  if (m_terminal) {
+    const Errc e = m_terminal.category() == error_category() ? static_cast<Errc>(m_terminal.value()) : Errc::peer_lost;
+    throw Error(e, "get: session with the server ended: " + m_terminal.message());
+  }
+}
+
+std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
+  std::unique_lock lock(m_rx_mutex);
+  const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
+  if (timeout == std::chrono::nanoseconds::max()) {
+    m_rx_cv.wait(lock, ready);
+  } else if (!m_rx_cv.wait_for(lock, timeout, ready)) {
+    return std::nullopt;
+  }
+  if (auto m = pop_locked(lock)) return m;
+  throw_if_done_locked();
+  return std::nullopt;
+}
+
+std::optional<Message> CommunicatorImpl::try_get() noexcept {
+  std::unique_lock lock(m_rx_mutex);
+  return pop_locked(lock);
+}
+
+void CommunicatorImpl::close() {
+  const std::lock_guard close_lock(m_close_mutex);
+  {
+    const std::lock_guard lock(m_rx_mutex);
+    if (m_stopped) return;
+  }
+  // sync(comm.closed) release: puts that see it fail; pairs with the acquire in closed().
+  m_closed.store(true, std::memory_order_release);
+
+  std::vector<std::shared_ptr<Session>> sessions;
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    for (const auto& [id, s] : m_sessions) sessions.push_back(s);
+  }
+  for (const auto& s : sessions) {
+    if (s->state() == Session::State::detached) {
+      s->end(code(Errc::closed));
+    } else {
+      s->begin_close();
+    }
+  }
+  {
+    std::unique_lock lock(m_sessions_mutex);
+    m_ended_cv.wait_for(lock, m_options.connection.close_timeout, [&] { return m_sessions.empty(); });
+  }
+  for (const auto& s : sessions) s->end(code(Errc::closed));  // the close handshake timed out
+  if (m_transport) m_transport->stop();
+  {
+    const std::lock_guard lock(m_rx_mutex);
+    m_stopped = true;
+  }
+  m_rx_cv.notify_all();
+}
+
+std::vector<PeerId> CommunicatorImpl::peers() const {
+  std::vector<PeerId> out;
+  const std::lock_guard lock(m_sessions_mutex);
+  for (const auto& [id, s] : m_sessions) {
+    if (s->link()) out.push_back(id);
+  }
+  return out;
+}
+
+Stats CommunicatorImpl::stats() const {
+  Stats out;
+  std::vector<std::shared_ptr<Session>> sessions;
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    for (const auto& [id, s] : m_sessions) sessions.push_back(s);
+  }
+  for (const auto& s : sessions) {
+    PeerStats p;
+    s->stats(p);
+    out.peers.push_back(std::move(p));
+  }
+  const std::lock_guard lock(m_rx_mutex);
+  out.receive_queue_messages = m_rx.size();
+  out.receive_queue_bytes = m_rx_bytes;
+  return out;
+}
+
+Errc CommunicatorImpl::accept_client(const framing::Hello& hello, const std::shared_ptr<Link>& link,
+                                     framing::Hello& reply, std::shared_ptr<Session>& session,
+                                     std::uint64_t& next_expected, std::string& why) {
+  fill_limits(reply);
+  bool resumed = false;
+  std::shared_ptr<Session> replaced;
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    if (closed()) {
+      why = "server is closing";
+      return Errc::closed;
+    }
+    const auto it = m_sessions.find(hello.id);
+    if (it != m_sessions.end()) {
+      if (it->second->state() == Session::State::live) {
+        why = "peer id " + hello.id.to_string() + " already has a live connection";
+        return Errc::address_in_use;
+      }
+      session = it->second;
+      resumed = (hello.flags & framing::kHelloResume) != 0 && session->state() == Session::State::detached;
+      if (!resumed) {
+        why = "stale session";
+        session.reset();
+      }
+    }
+    if (!session) {
+      std::size_t live = 0;
+      for (const auto& [id, s] : m_sessions) live += s->state() == Session::State::live ? 1 : 0;
+      if (live >= m_options.connection.max_connections) {
+        why = "server at its limit of " + std::to_string(m_options.connection.max_connections) + " connections";
+        return Errc::unavailable;
+      }
+      if (it != m_sessions.end()) replaced = it->second;  // a client without its session state
+      session = std::make_shared<Session>(*this, hello.id, m_options.connection);
+      m_sessions[hello.id] = session;
+    }
+  }
+  if (replaced) replaced->end(code(Errc::peer_lost));
+  why.clear();
+  const Errc e = session->attach(link, hello, resumed, next_expected, why);
+  if (e != Errc{}) {
+    session->end(code(e));
+    return e;
+  }
+  session->fill_hello(reply);
+  reply.flags = resumed ? framing::kHelloResume : 0;
+  if (m_options.on_connect) m_options.on_connect(hello.id);
+  return Errc{};
+}
+
+void CommunicatorImpl::client_hello(framing::Hello& hello) const {
+  fill_limits(hello);
+  const std::lock_guard lock(m_sessions_mutex);
+  if (m_server && m_server->state() != Session::State::ended) {
+    m_server->fill_hello(hello);
+    hello.flags = framing::kHelloResume;
+  }
+}
+
+Errc CommunicatorImpl::attach_server(const framing::Hello& reply, const std::shared_ptr<Link>& link,
+                                     std::shared_ptr<Session>& session, std::uint64_t& next_expected,
+                                     std::string& why) {
+  std::shared_ptr<Session> old;
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    if (m_server && (m_server->peer() != reply.id || m_server->state() == Session::State::ended)) {
+      old = std::move(m_server);  // another server (or ours ended): that session is lost
+    }
+    if (!m_server) {
+      if (closed()) {
+        why = "client is closing";
+        return Errc::closed;
+      }
+      m_server = std::make_shared<Session>(*this, reply.id, m_options.connection);
+      m_sessions[reply.id] = m_server;
+    }
+    session = m_server;
+  }
+  if (old) old->end(code(Errc::peer_lost));
+  const bool resumed = (reply.flags & framing::kHelloResume) != 0;
+  const Errc e = session->attach(link, reply, resumed, next_expected, why);
+  if (e != Errc{}) return e;
+  if (m_options.on_connect) m_options.on_connect(reply.id);
+  return Errc{};
+}
+
+bool CommunicatorImpl::wants_reconnect() const {
+  const std::lock_guard lock(m_sessions_mutex);
+  return !closed() && m_server && m_server->state() == Session::State::detached;
+}
+
+void CommunicatorImpl::reconnect_failed(std::error_code why) {
+  std::shared_ptr<Session> s;
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    s = m_server;
+  }
+  if (s) s->end(why);
+}
+
+void CommunicatorImpl::peer_disconnected(Session& session, std::error_code why) {
+  if (m_options.on_disconnect) m_options.on_disconnect(session.peer(), why);
+}
+
+void CommunicatorImpl::session_detached(const std::shared_ptr<Session>& session, std::uint64_t epoch) {
+  if (!m_transport) return;
+  std::weak_ptr<Session> weak = session;
+  const auto timeout = m_options.connection.resume_timeout;
+  m_transport->schedule(timeout, [weak, epoch, timeout] {
+    const auto s = weak.lock();
+    if (s && s->state() == Session::State::detached && s->detach_epoch() == epoch) {
+      (void)timeout;
+      s->end(code(Errc::peer_lost));
+    }
+  });
+}
+
+void CommunicatorImpl::session_ended(Session& session, std::error_code why) {
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    const auto it = m_sessions.find(session.peer());
+    if (it != m_sessions.end() && it->second.get() == &session) m_sessions.erase(it);
+    if (m_purpose == Purpose::client && m_server.get() == &session) {
+      const std::lock_guard rx(m_rx_mutex);
+      if (!m_terminal) m_terminal = why;
+    }
+  }
+  m_ended_cv.notify_all();
+  m_rx_cv.notify_all();
+}
+
+}  // namespace ferry::detail
+
+namespace ferry {
+
+Communicator::Communicator(std::unique_ptr<detail::CommunicatorImpl> impl) noexcept : m_impl(std::move(impl)) {}
+Communicator::Communicator(Communicator&&) noexcept = default;
+Communicator& Communicator::operator=(Communicator&& other) noexcept {
+  if (this != &other) {
+    if (m_impl) {
+      try {
+        m_impl->close();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor-like path must not throw
+      }
+    }
+    m_impl = std::move(other.m_impl);
+  }
+  return *this;
+}
+Communicator::~Communicator() {
+  if (!m_impl) return;
+  try {
+    m_impl->close();
+  } catch (...) {  // NOLINT(bugprone-empty-catch): destructors must not throw
+  }
+}
+
+const PeerId& Communicator::id() const noexcept { return m_impl->options().id; }
+Purpose Communicator::purpose() const noexcept { return m_impl->purpose(); }
+std::string Communicator::local_endpoint() const { return m_impl->local_endpoint(); }
+PutHandle Communicator::put(Payload payload, std::span<const PeerId> peers) {
+  return m_impl->put(std::move(payload), peers);
+}
+Message Communicator::get() { return *m_impl->get(std::chrono::nanoseconds::max()); }
+std::optional<Message> Communicator::get_for(std::chrono::nanoseconds timeout) {
+  return m_impl->get(std::max(timeout, std::chrono::nanoseconds::zero()));
+}
+std::optional<Message> Communicator::try_get() noexcept { return m_impl->try_get(); }
+void Communicator::close() { m_impl->close(); }
+bool Communicator::closed() const noexcept { return m_impl->closed(); }
+std::vector<PeerId> Communicator::peers() const { return m_impl->peers(); }
+Stats Communicator::stats() const { return m_impl->stats(); }
+
+Communicator open(Purpose purpose, Options options) {
+  Endpoint endpoint = Endpoint::parse(options.endpoint);
+  auto impl = std::make_unique<detail::CommunicatorImpl>(purpose, std::move(options), std::move(endpoint));
+  impl->start();
+  return Communicator(std::move(impl));
+}
+
+}  // namespace ferry

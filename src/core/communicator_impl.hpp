@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// CommunicatorImpl: the sessions, the receive queue and the put/get/close contract, shared by
+// every transport. Layer: src/core.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+#include <ferry/communicator.hpp>
+#include <ferry/endpoint.hpp>
+
+#include "core/link.hpp"
+#include "core/session.hpp"
+#include "framing/frame.hpp"
+
+namespace ferry::detail {
+
+class CommunicatorImpl {
+ public:
+  CommunicatorImpl(Purpose purpose, Options options, Endpoint endpoint);
+  ~CommunicatorImpl();
+  CommunicatorImpl(const CommunicatorImpl&) = delete;
+  CommunicatorImpl& operator=(const CommunicatorImpl&) = delete;
+
+  /// Creates the transport: a server listens, a client connects and handshakes (throws).
+  void start();
+
+  // --- the public API ---
+  [[nodiscard]] const Options& options() const noexcept { return m_options; }
+  [[nodiscard]] const Endpoint& endpoint() const noexcept { return m_endpoint; }
+  [[nodiscard]] Purpose purpose() const noexcept { return m_purpose; }
+  [[nodiscard]] std::string local_endpoint() const;
+  PutHandle put(Payload payload, std::span<const PeerId> peers);
+  /// Waits up to timeout (max: forever). nullopt on timeout; throws once closed and drained.
+  std::optional<Message> get(std::chrono::nanoseconds timeout);
+  std::optional<Message> try_get() noexcept;
+  void close();
+  [[nodiscard]] bool closed() const noexcept;
+  [[nodiscard]] std::vector<PeerId> peers() const;
+  [[nodiscard]] Stats stats() const;
+
+  // --- called by transports (transport threads) ---
+  /// Server: a client's hello arrived on link. Picks or creates its session, attaches the
+  /// link and fills the reply. A refusal (Errc returned, why set) is sent in reply.status.
+  [[nodiscard]] Errc accept_client(const framing::Hello& hello, const std::shared_ptr<Link>& link,
+                                   framing::Hello& reply, std::shared_ptr<Session>& session,
+                                   std::uint64_t& next_expected, std::string& why);
+  /// Client: the hello to send on a new connection.
+  void client_hello(framing::Hello& hello) const;
+  /// Client: the server's reply arrived; attach the link to our session.
+  [[nodiscard]] Errc attach_server(const framing::Hello& reply, const std::shared_ptr<Link>& link,
+                                   std::shared_ptr<Session>& session, std::uint64_t& next_expected,
+                                   std::string& why);
+  /// Client: the session still wants a connection (it is detached, not ended).
+  [[nodiscard]] bool wants_reconnect() const;
+  /// Client: reconnecting failed for good.
+  void reconnect_failed(std::error_code why);
+  /// A complete message from session's peer. Returns false when the peer's receive queue is
+  /// full: the reader must pause until its link's resume_reading().
+  [[nodiscard]] bool deliver(const std::shared_ptr<Session>& session, Bytes message);
+  /// A frame header this side is configured to accept.
+  [[nodiscard]] std::uint32_t max_chunk() const noexcept;
+
+  // --- called by sessions ---
+  void peer_disconnected(Session& session, std::error_code why);
+  void session_detached(const std::shared_ptr<Session>& session, std::uint64_t epoch);
+  void session_ended(Session& session, std::error_code why);
+
+ private:
+  struct Received {
+    Message message;
+    std::shared_ptr<Session> session;
+  };
+  std::optional<Message> pop_locked(std::unique_lock<std::mutex>& lock);
+  void throw_if_done_locked() const;
+  void fill_limits(framing::Hello& hello) const;
+
+  const Purpose m_purpose;
+  const Options m_options;
+  const Endpoint m_endpoint;
+  std::unique_ptr<Transport> m_transport;
+
+  mutable std::mutex m_sessions_mutex;
+  std::unordered_map<PeerId, std::shared_ptr<Session>> m_sessions;
+  std::shared_ptr<Session> m_server;  // client: the session with its server
+
+  mutable std::mutex m_rx_mutex;
+  std::condition_variable m_rx_cv;
+  std::deque<Received> m_rx;
+  std::uint64_t m_rx_bytes = 0;
+  std::error_code m_terminal;  // client: why the session with the server ended
+
+  std::condition_variable m_ended_cv;  // with m_sessions_mutex: a session ended
+  std::atomic<bool> m_closed{false};   // close() began: puts fail
+  bool m_stopped = false;              // close() finished (guarded by m_rx_mutex): get() throws
+  std::mutex m_close_mutex;  // one close() at a time
+};
+
+/// The transport for an endpoint (src/core/registry.cpp).
+std::unique_ptr<Transport> make_transport(CommunicatorImpl& owner);
+
+}  // namespace ferry::detail

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+// The contract between core and a transport: a Link is one live connection to one peer, a
+// Transport owns the links, the event loop and the timers. Layer: src/core (no I/O here).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <system_error>
+
+namespace ferry::detail {
+
+/// One live connection, implemented by a transport. Every method may be called from any
+/// thread, with no core lock held, and must not block.
+class Link {
+ public:
+  virtual ~Link() = default;
+  /// The session has something to send (data, an ack, a close): start writing if idle.
+  virtual void kick() = 0;
+  /// The receive queue has room again: continue reading if reading was paused.
+  virtual void resume_reading() = 0;
+  /// Drop the connection (the session ends or resumes elsewhere). Idempotent.
+  virtual void shutdown(std::error_code why) = 0;
+  /// The transport's name ("tcp", "tls") and the peer's address.
+  [[nodiscard]] virtual std::string transport() const = 0;
+  [[nodiscard]] virtual std::string remote() const = 0;
+};
+
+/// What a communicator needs from its transport beyond links.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  /// The endpoint in use (a server bound to port 0 reports the real port).
+  [[nodiscard]] virtual std::string local_endpoint() const = 0;
+  /// Runs fn on a transport thread after delay (core's session expiry). Dropped after stop().
+  virtual void schedule(std::chrono::milliseconds delay, std::function<void()> fn) = 0;
+  /// Stops accepting / reconnecting, drops every link, joins the threads. Idempotent; must
+  /// not be called from a transport thread.
+  virtual void stop() = 0;
+};
+
+}  // namespace ferry::detail

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: Apache-2.0
+// Encoding and validation of the hello and the frame header (see frame.hpp for the layout).
+#include "framing/frame.hpp"
+
+#include <cstring>
+
+namespace ferry::framing {
+namespace {
+
+template <class T>
+void put_le(std::byte* at, T value) noexcept {
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    at[i] = static_cast<std::byte>((value >> (8 * i)) & 0xff);
+  }
+}
+
+template <class T>
+T get_le(const std::byte* at) noexcept {
+  T value = 0;
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    value = static_cast<T>(value | (static_cast<T>(std::to_integer<std::uint8_t>(at[i])) << (8 * i)));
+  }
+  return value;
+}
+
+}  // namespace
+
+void encode_hello(const Hello& h, std::span<std::byte, kHelloSize> out) noexcept {
+  std::byte* p = out.data();
+  std::memcpy(p, kMagic.data(), kMagic.size());
+  put_le<std::uint16_t>(p + 8, h.version);
+  put_le<std::uint16_t>(p + 10, static_cast<std::uint16_t>(kHelloSize));
+  put_le<std::uint32_t>(p + 12, h.flags);
+  std::memcpy(p + 16, h.id.bytes.data(), 16);
+  put_le<std::uint64_t>(p + 32, h.next_expected);
+  put_le<std::uint64_t>(p + 40, h.first_unacked);
+  put_le<std::uint64_t>(p + 48, h.max_message);
+  put_le<std::uint32_t>(p + 56, h.max_chunk);
+  put_le<std::uint32_t>(p + 60, h.status);
+}
+
+Errc decode_hello(std::span<const std::byte, kHelloSize> in, Hello& h, std::string& why) {
+  const std::byte* p = in.data();
+  if (std::memcmp(p, kMagic.data(), kMagic.size()) != 0) {
+    why = "not a Ferry peer (bad magic in the handshake)";
+    return Errc::protocol_error;
+  }
+  h.version = get_le<std::uint16_t>(p + 8);
+  if (h.version != kProtocolVersion) {
+    why = "peer speaks protocol version " + std::to_string(h.version) + ", this side " +
+          std::to_string(kProtocolVersion);
+    return Errc::version_mismatch;
+  }
+  if (get_le<std::uint16_t>(p + 10) != kHelloSize) {
+    why = "handshake of the wrong size";
+    return Errc::protocol_error;
+  }
+  h.flags = get_le<std::uint32_t>(p + 12);
+  std::memcpy(h.id.bytes.data(), p + 16, 16);
+  h.next_expected = get_le<std::uint64_t>(p + 32);
+  h.first_unacked = get_le<std::uint64_t>(p + 40);
+  h.max_message = get_le<std::uint64_t>(p + 48);
+  h.max_chunk = get_le<std::uint32_t>(p + 56);
+  h.status = get_le<std::uint32_t>(p + 60);
+  if ((h.flags & ~kHelloResume) != 0) {
+    why = "unknown handshake flags";
+    return Errc::protocol_error;
+  }
+  if (h.id.is_nil()) {
+    why = "nil peer id in the handshake";
+    return Errc::protocol_error;
+  }
+  if (h.next_expected == 0 || h.first_unacked == 0 || h.next_expected > (std::uint64_t{1} << 62) ||
+      h.first_unacked > (std::uint64_t{1} << 62)) {
+    why = "message ids out of range in the handshake";
+    return Errc::protocol_error;
+  }
+  if (h.max_chunk == 0 || h.max_chunk > kMaxChunk) {
+    why = "chunk size out of range in the handshake";
+    return Errc::protocol_error;
+  }
+  if (h.status > static_cast<std::uint32_t>(Errc::internal)) {
+    why = "unknown status in the handshake";
+    return Errc::protocol_error;
+  }
+  return Errc{};
+}
+
+void encode_header(const FrameHeader& f, std::span<std::byte, kHeaderSize> out) noexcept {
+  std::byte* p = out.data();
+  p[0] = static_cast<std::byte>(f.type);
+  p[1] = std::byte{0};
+  p[2] = std::byte{0};
+  p[3] = std::byte{0};
+  put_le<std::uint32_t>(p + 4, f.length);
+  put_le<std::uint64_t>(p + 8, f.a);
+  put_le<std::uint64_t>(p + 16, f.b);
+  put_le<std::uint64_t>(p + 24, f.c);
+}
+
+Errc decode_header(std::span<const std::byte, kHeaderSize> in, std::uint32_t max_chunk,
+                   FrameHeader& f, std::string& why) {
+  const std::byte* p = in.data();
+  const auto type = std::to_integer<std::uint8_t>(p[0]);
+  if (p[1] != std::byte{0} || p[2] != std::byte{0} || p[3] != std::byte{0}) {
+    why = "non-zero reserved bits in a frame header";
+    return Errc::protocol_error;
+  }
+  f.length = get_le<std::uint32_t>(p + 4);
+  f.a = get_le<std::uint64_t>(p + 8);
+  f.b = get_le<std::uint64_t>(p + 16);
+  f.c = get_le<std::uint64_t>(p + 24);
+  switch (type) {
+    case static_cast<std::uint8_t>(FrameType::data):
+      f.type = FrameType::data;
+      if (f.length > max_chunk) {
+        why = "chunk of " + std::to_string(f.length) + " bytes over the agreed " +
+              std::to_string(max_chunk);
+        return Errc::protocol_error;
+      }
+      if (f.b > f.c || f.length > f.c - f.b) {
+        why = "chunk outside its message (offset " + std::to_string(f.b) + " + " +
+              std::to_string(f.length) + " > " + std::to_string(f.c) + ")";
+        return Errc::protocol_error;
+      }
+      if (f.length == 0 && f.c != 0) {
+        why = "empty chunk of a non-empty message";
+        return Errc::protocol_error;
+      }
+      return Errc{};
+    case static_cast<std::uint8_t>(FrameType::ack):
+      f.type = FrameType::ack;
+      break;
+    case static_cast<std::uint8_t>(FrameType::keepalive):
+      f.type = FrameType::keepalive;
+      if (f.a != 0 || f.b != 0 || f.c != 0) {
+        why = "non-zero fields in a keep-alive";
+        return Errc::protocol_error;
+      }
+      break;
+    case static_cast<std::uint8_t>(FrameType::close):
+      f.type = FrameType::close;
+      if (f.a > static_cast<std::uint64_t>(Errc::internal) || f.b != 0 || f.c != 0) {
+        why = "bad close frame";
+        return Errc::protocol_error;
+      }
+      break;
+    default:
+      why = "unknown frame type " + std::to_string(type);
+      return Errc::protocol_error;
+  }
+  if (f.length != 0) {
+    why = "control frame with a payload";
+    return Errc::protocol_error;
+  }
+  return Errc{};
+}
+
+}  // namespace ferry::framing

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+// The wire format shared by every transport: the handshake hello and the frame header, their
+// encoding and their validation. Layer: src/framing (no I/O here).
+//
+// Byte order: little-endian. Every field read from a peer is untrusted and validated here or
+// by the Reassembler before use.
+//
+// Hello (exactly kHelloSize bytes, sent by each side once at the start of a connection: the
+// client first, the server replies):
+//
+//   0        8        10       12       16                 32          40          48          56     60      64
+//   +--------+--------+--------+--------+------------------+-----------+-----------+-----------+------+-------+
+//   | magic  |version | size   | flags  | peer id (UUID)   | next_     | first_    | max_      | max_ |status |
+//   | 8 B    | u16    | u16=64 | u32    | 16 B             | expected  | unacked   | message   | chunk| u32   |
+//   +--------+--------+--------+--------+------------------+-----------+-----------+-----------+------+-------+
+//   next_expected: the id of the next message this side expects from the peer (resumption);
+//   first_unacked: the lowest message id this side will (re)send; max_message / max_chunk: the
+//   largest message and chunk this side accepts; status: 0, or the Errc with which the server
+//   refuses the client (the connection then closes). flags: kHelloResume (client: resume my
+//   session if you have it; server: resumed).
+//
+// Frame header (kHeaderSize bytes), followed by `length` payload bytes:
+//
+//   0      1      2        4          8             16            24            32
+//   +------+------+--------+----------+-------------+-------------+-------------+
+//   | type | flags| zero   | length   | a           | b           | c           |
+//   | u8   | u8=0 | u16=0  | u32      | u64         | u64         | u64         |
+//   +------+------+--------+----------+-------------+-------------+-------------+
+//   data:      a = message id (1, 2, ... per direction), b = offset of this chunk,
+//              c = total message length; length = chunk length.
+//   ack:       a = highest message id delivered (all ids <= a are in the peer's receive
+//              queue), b = payload bytes received on this connection; length = 0.
+//   keepalive: length = 0, a = b = c = 0.
+//   close:     a = the Errc why (0: a clean close); length = 0.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include <ferry/error.hpp>
+#include <ferry/peer_id.hpp>
+
+namespace ferry::framing {
+
+inline constexpr std::array<std::uint8_t, 8> kMagic = {'F', 'E', 'R', 'R', 'Y', '\r', '\n', 0x1a};
+inline constexpr std::uint16_t kProtocolVersion = 1;
+inline constexpr std::size_t kHelloSize = 64;
+inline constexpr std::size_t kHeaderSize = 32;
+inline constexpr std::uint32_t kHelloResume = 1u << 0;
+/// The largest chunk any side may announce (the length field is 32-bit).
+inline constexpr std::uint64_t kMaxChunk = std::uint64_t{1} << 30;
+
+struct Hello {
+  std::uint16_t version = kProtocolVersion;
+  std::uint32_t flags = 0;
+  PeerId id;
+  std::uint64_t next_expected = 1;
+  std::uint64_t first_unacked = 1;
+  std::uint64_t max_message = 0;
+  std::uint32_t max_chunk = 0;
+  std::uint32_t status = 0;
+};
+
+enum class FrameType : std::uint8_t { data = 1, ack = 2, keepalive = 3, close = 4 };
+
+struct FrameHeader {
+  FrameType type = FrameType::keepalive;
+  std::uint32_t length = 0;
+  std::uint64_t a = 0;
+  std::uint64_t b = 0;
+  std::uint64_t c = 0;
+};
+
+void encode_hello(const Hello& hello, std::span<std::byte, kHelloSize> out) noexcept;
+/// Decodes and validates a peer's hello. Errc::protocol_error for a bad magic, size, flag or
+/// field (a version different from ours is returned for the caller to refuse with
+/// Errc::version_mismatch; the caller must check it first).
+[[nodiscard]] Errc decode_hello(std::span<const std::byte, kHelloSize> in, Hello& out,
+                                std::string& why);
+
+void encode_header(const FrameHeader& header, std::span<std::byte, kHeaderSize> out) noexcept;
+/// Decodes a frame header and checks what needs no session state: known type, zero reserved
+/// bits, the length rules of each type, length <= max_chunk. Errc::protocol_error otherwise.
+[[nodiscard]] Errc decode_header(std::span<const std::byte, kHeaderSize> in,
+                                 std::uint32_t max_chunk, FrameHeader& out, std::string& why);
+
+}  // namespace ferry::framing

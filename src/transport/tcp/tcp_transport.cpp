@@ -1,0 +1,860 @@
+// SPDX-License-Identifier: Apache-2.0
+// The TCP and TLS transport: Boost.Asio with `workers` threads on one io_context, a strand per
+// connection, scatter-gather writes of merged frames, reads straight into message buffers, and
+// per-connection handshake and keep-alive timers. Layer: src/transport/tcp.
+#include "transport/tcp/tcp_transport.hpp"
+
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+
+#include <atomic>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "framing/batch.hpp"
+#include "framing/frame.hpp"
+#include "framing/reassembler.hpp"
+
+namespace ferry::detail::tcp {
+namespace {
+
+namespace asio = boost::asio;
+namespace ssl = boost::asio::ssl;
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
+
+constexpr std::size_t kReadBuffer = std::size_t{64} << 10;
+constexpr std::size_t kDirectReadAbove = std::size_t{16} << 10;  // read straight into the message
+
+std::error_code ferry_code(Errc e) { return make_error_code(e); }
+
+/// Why a connection attempt or a live connection failed, as a ferry code with its context.
+struct Failure {
+  Errc errc = Errc::peer_lost;
+  std::string what;
+};
+
+Failure translate(const error_code& ec, const std::string& context) {
+  Failure f;
+  f.what = context + ": " + ec.message();
+  if (ec.category() == asio::error::get_ssl_category() || ec.category() == ssl::error::get_stream_category()) {
+    const std::string msg = ec.message();
+    f.errc = msg.find("certificate") != std::string::npos ? Errc::permission_denied : Errc::protocol_error;
+    if (ec == ssl::error::stream_truncated) f.errc = Errc::peer_lost;
+    return f;
+  }
+  if (ec == asio::error::connection_refused || ec == asio::error::host_unreachable ||
+      ec == asio::error::network_unreachable) {
+    f.errc = Errc::not_found;
+  } else if (ec == asio::error::timed_out) {
+    f.errc = Errc::timed_out;
+  } else if (ec == asio::error::address_in_use) {
+    f.errc = Errc::address_in_use;
+  } else if (ec == asio::error::access_denied) {
+    f.errc = Errc::permission_denied;
+  } else {
+    f.errc = Errc::peer_lost;  // eof, reset, broken pipe, aborted...
+  }
+  return f;
+}
+
+class TcpTransport;
+
+/// Plain TCP or TLS over TCP: the one place the two differ.
+class Stream {
+ public:
+  Stream(const asio::strand<asio::io_context::executor_type>& strand, ssl::context* tls) {
+    if (tls) {
+      m_tls.emplace(strand, *tls);
+    } else {
+      m_plain.emplace(strand);
+    }
+  }
+  tcp::socket& socket() noexcept { return m_tls ? m_tls->next_layer() : *m_plain; }
+  bool tls() const noexcept { return m_tls.has_value(); }
+  ssl::stream<tcp::socket>& tls_stream() noexcept { return *m_tls; }
+
+  template <class Buffers, class Handler>
+  void async_read_some(const Buffers& b, Handler&& h) {
+    if (m_tls) {
+      m_tls->async_read_some(b, std::forward<Handler>(h));
+    } else {
+      m_plain->async_read_some(b, std::forward<Handler>(h));
+    }
+  }
+  template <class Buffers, class Handler>
+  void async_read_exactly(const Buffers& b, Handler&& h) {
+    if (m_tls) {
+      asio::async_read(*m_tls, b, std::forward<Handler>(h));
+    } else {
+      asio::async_read(*m_plain, b, std::forward<Handler>(h));
+    }
+  }
+  template <class Buffers, class Handler>
+  void async_write_all(const Buffers& b, Handler&& h) {
+    if (m_tls) {
+      asio::async_write(*m_tls, b, std::forward<Handler>(h));
+    } else {
+      asio::async_write(*m_plain, b, std::forward<Handler>(h));
+    }
+  }
+
+ private:
+  std::optional<tcp::socket> m_plain;
+  std::optional<ssl::stream<tcp::socket>> m_tls;
+};
+
+/// One connection. Everything but kick(), resume_reading() and shutdown() runs on its strand.
+class Connection final : public Link, public std::enable_shared_from_this<Connection> {
+ public:
+  enum class Role { server, client };
+
+  Connection(TcpTransport& transport, Role role);
+  ~Connection() override = default;
+
+  tcp::socket& socket() noexcept { return m_stream.socket(); }
+  /// After the TCP connection is up: (TLS handshake,) Ferry hello, then run. done(failure)
+  /// reports the outcome of the handshake (nullopt: running).
+  void start(std::function<void(std::optional<Failure>)> done);
+
+  void kick() override;
+  void resume_reading() override;
+  void shutdown(std::error_code why) override;
+  std::string transport() const override { return m_stream.tls() ? "tls" : "tcp"; }
+  std::string remote() const override { return m_remote; }
+  /// Immediate close from the transport's stop().
+  void abort();
+
+ private:
+  void tls_handshake();
+  void send_hello();
+  void read_hello();
+  void on_hello(const framing::Hello& hello);
+  void handshake_failed(Failure f);
+  void run();
+
+  void read_more();
+  void on_read(const error_code& ec, std::size_t n, bool direct);
+  void process();
+  void do_write();
+  void on_tick();
+  void fail(Errc errc, const std::string& what);
+  void close_socket();
+
+  TcpTransport& m_transport;
+  const Role m_role;
+  CommunicatorImpl& m_owner;
+  asio::strand<asio::io_context::executor_type> m_strand;
+  Stream m_stream;
+  asio::steady_timer m_timer;
+  std::string m_remote;
+  std::function<void(std::optional<Failure>)> m_handshake_done;
+  std::shared_ptr<Session> m_session;
+  bool m_running = false;
+  bool m_failed = false;
+  bool m_draining = false;  // clean close: our FIN sent, discarding until the peer's EOF
+  Clock::time_point m_drain_deadline{};
+
+  // Handshake.
+  std::array<std::byte, framing::kHelloSize> m_hello_out{};
+  std::array<std::byte, framing::kHelloSize> m_hello_in{};
+
+  // Reader.
+  std::vector<std::byte> m_rbuf;
+  std::size_t m_rbegin = 0;
+  std::size_t m_rend = 0;
+  bool m_in_payload = false;
+  bool m_reading = false;
+  bool m_paused = false;
+  framing::Reassembler m_reassembler;
+  std::uint64_t m_round_bytes = 0;    // payload bytes taken in this read round
+  bool m_round_progress = false;      // a message, chunk or ack arrived in this round
+  Clock::time_point m_last_rx{};
+
+  // Writer.
+  std::atomic<bool> m_writing{false};
+  std::atomic<bool> m_want_write{false};
+  std::atomic<bool> m_keepalive_due{false};
+  framing::Batch m_batch;
+  WriteRecord m_record;
+  std::vector<asio::const_buffer> m_wbufs;
+  Clock::time_point m_last_tx{};
+};
+
+class TcpTransport final : public Transport {
+ public:
+  explicit TcpTransport(CommunicatorImpl& owner);
+  ~TcpTransport() override { stop(); }
+
+  std::string local_endpoint() const override { return m_local; }
+  void schedule(std::chrono::milliseconds delay, std::function<void()> fn) override;
+  void stop() override;
+
+  CommunicatorImpl& owner() noexcept { return m_owner; }
+  asio::io_context& io() noexcept { return m_io; }
+  ssl::context* tls() noexcept { return m_tls ? &*m_tls : nullptr; }
+  const ConnectionOptions& conn() const noexcept { return m_owner.options().connection; }
+  /// A connection closed; was_running: it carried a session (a drop may call for a reconnect).
+  void link_ended(const std::shared_ptr<Connection>& c, bool was_running);
+  bool stopping() const noexcept {
+    // relaxed: a hint that only shortens work after stop(); stop() joins the threads.
+    return m_stopping.load(std::memory_order_relaxed);
+  }
+
+ private:
+  void setup_tls();
+  void listen();
+  void accept();
+  void connect_first();
+  /// One client connection attempt; done reports the outcome.
+  void connect(std::function<void(std::optional<Failure>)> done);
+  void reconnect_later(std::chrono::milliseconds delay);
+
+  CommunicatorImpl& m_owner;
+  const Endpoint m_endpoint;
+  asio::io_context m_io;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> m_work;
+  std::optional<ssl::context> m_tls;
+  std::optional<tcp::acceptor> m_acceptor;
+  tcp::resolver::results_type m_resolved;
+  std::string m_local;
+  std::vector<std::thread> m_threads;
+  std::mutex m_links_mutex;
+  std::set<std::shared_ptr<Connection>> m_links;  // every open connection, for stop()
+  std::atomic<bool> m_stopping{false};
+  std::mutex m_stop_mutex;
+  bool m_stopped = false;
+  Clock::time_point m_reconnect_deadline{};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Connection
+
+Connection::Connection(TcpTransport& transport, Role role)
+    : m_transport(transport),
+      m_role(role),
+      m_owner(transport.owner()),
+      m_strand(asio::make_strand(transport.io())),
+      m_stream(m_strand, transport.tls()),
+      m_timer(m_strand),
+      m_rbuf(kReadBuffer),
+      m_batch(transport.conn().merge_size) {}
+
+void Connection::start(std::function<void(std::optional<Failure>)> done) {
+  m_handshake_done = std::move(done);
+  error_code ec;
+  m_stream.socket().set_option(tcp::no_delay(true), ec);
+  const auto ep = m_stream.socket().remote_endpoint(ec);
+  m_remote = ec ? std::string("?") : ep.address().to_string() + ":" + std::to_string(ep.port());
+  m_timer.expires_after(m_transport.conn().handshake_timeout);
+  m_timer.async_wait([self = shared_from_this()](const error_code& e) {
+    if (!e && !self->m_running && !self->m_failed) {
+      self->handshake_failed({Errc::timed_out, "handshake with " + self->m_remote + " timed out"});
+    }
+  });
+  if (m_stream.tls()) {
+    tls_handshake();
+  } else if (m_role == Role::client) {
+    send_hello();
+  } else {
+    read_hello();
+  }
+}
+
+void Connection::tls_handshake() {
+  auto& s = m_stream.tls_stream();
+  if (m_role == Role::client) {
+    const SecurityOptions& sec = m_owner.options().security;
+    const std::string name = sec.server_name.empty() ? m_owner.endpoint().host : sec.server_name;
+    error_code ec;
+    asio::ip::make_address(name, ec);
+    if (ec) SSL_set_tlsext_host_name(s.native_handle(), name.c_str());  // SNI for names only
+    if (sec.verify_hostname) s.set_verify_callback(ssl::host_name_verification(name));
+  }
+  s.async_handshake(m_role == Role::client ? ssl::stream_base::client : ssl::stream_base::server,
+                    [self = shared_from_this()](const error_code& ec) {
+                      if (self->m_failed) return;
+                      if (ec) {
+                        self->handshake_failed(translate(ec, "TLS handshake with " + self->m_remote));
+                      } else if (self->m_role == Role::client) {
+                        self->send_hello();
+                      } else {
+                        self->read_hello();
+                      }
+                    });
+}
+
+void Connection::send_hello() {
+  framing::Hello hello;
+  m_owner.client_hello(hello);
+  framing::encode_hello(hello, m_hello_out);
+  m_stream.async_write_all(asio::buffer(m_hello_out), [self = shared_from_this()](const error_code& ec, std::size_t) {
+    if (self->m_failed) return;
+    if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+    self->read_hello();
+  });
+}
+
+void Connection::read_hello() {
+  m_stream.async_read_exactly(asio::buffer(m_hello_in), [self = shared_from_this()](const error_code& ec, std::size_t) {
+    if (self->m_failed) return;
+    if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+    framing::Hello hello;
+    std::string why;
+    const Errc e = framing::decode_hello(self->m_hello_in, hello, why);
+    if (e != Errc{}) {
+      if (self->m_role == Role::server && e == Errc::version_mismatch) {
+        // Tell the client why before closing: a hello in our version with the status.
+        framing::Hello reply;
+        reply.id = self->m_owner.options().id;
+        reply.max_chunk = self->m_owner.max_chunk();
+        reply.max_message = self->m_owner.options().connection.message_size;
+        reply.status = static_cast<std::uint32_t>(Errc::version_mismatch);
+        framing::encode_hello(reply, self->m_hello_out);
+        self->m_stream.async_write_all(asio::buffer(self->m_hello_out), [self, why](const error_code&, std::size_t) {
+          self->handshake_failed({Errc::version_mismatch, why});
+        });
+        return;
+      }
+      return self->handshake_failed({e, "handshake with " + self->m_remote + ": " + why});
+    }
+    self->on_hello(hello);
+  });
+}
+
+void Connection::on_hello(const framing::Hello& hello) {
+  std::string why;
+  std::uint64_t next_expected = 1;
+  if (m_role == Role::server) {
+    framing::Hello reply;
+    const Errc e = m_owner.accept_client(hello, shared_from_this(), reply, m_session, next_expected, why);
+    if (e != Errc{}) {
+      m_session.reset();
+      reply.status = static_cast<std::uint32_t>(e);
+      reply.flags = 0;
+    }
+    framing::encode_hello(reply, m_hello_out);
+    m_reassembler.reset(next_expected, m_owner.options().connection.message_size);
+    m_stream.async_write_all(asio::buffer(m_hello_out), [self = shared_from_this(), e, why](const error_code& ec, std::size_t) {
+      if (self->m_failed) return;
+      if (e != Errc{}) return self->handshake_failed({e, "refused client: " + why});
+      if (ec) return self->fail(translate(ec, "handshake").errc, "handshake reply");
+      self->run();
+    });
+    return;
+  }
+  if (hello.status != 0) {
+    const Errc e = static_cast<Errc>(hello.status);
+    return handshake_failed({e, "server " + m_remote + " refused the connection: " + make_error_code(e).message()});
+  }
+  const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
+  if (e != Errc{}) {
+    m_session.reset();
+    return handshake_failed({e, "handshake with " + m_remote + ": " + why});
+  }
+  m_reassembler.reset(next_expected, m_owner.options().connection.message_size);
+  run();
+}
+
+void Connection::handshake_failed(Failure f) {
+  if (m_failed) return;
+  m_failed = true;
+  close_socket();
+  if (m_session) m_session->link_down(this, ferry_code(f.errc));
+  auto done = std::move(m_handshake_done);
+  m_transport.link_ended(shared_from_this(), false);
+  if (done) done(std::move(f));
+}
+
+void Connection::run() {
+  m_running = true;
+  m_last_rx = m_last_tx = Clock::now();
+  if (auto done = std::move(m_handshake_done)) done(std::nullopt);
+  on_tick();
+  read_more();
+  kick();  // anything queued before the connection came up (a resend after a reconnect)
+}
+
+void Connection::kick() {
+  // sync(link.want_write) seq_cst store: a writer that is finishing must see it (its seq_cst
+  // load of m_want_write in do_write()), or this thread's exchange below must see the writer
+  // gone. Store-then-load on both sides: seq_cst on all four, as in the ring's wait handshake.
+  m_want_write.store(true, std::memory_order_seq_cst);
+  // sync(link.writing) seq_cst exchange: partner of the seq_cst store of false in do_write().
+  if (!m_writing.exchange(true, std::memory_order_seq_cst)) {
+    asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+  }
+}
+
+void Connection::do_write() {
+  if (m_failed || !m_session || !m_running) {  // run() kicks again once the handshake is over
+    // sync(link.writing) seq_cst store: partner of the exchange in kick().
+    m_writing.store(false, std::memory_order_seq_cst);
+    return;
+  }
+  for (;;) {
+    // sync(link.want_write) seq_cst store: clear before filling; a kick() after it re-arms it.
+    m_want_write.store(false, std::memory_order_seq_cst);
+    m_batch.clear();
+    m_record.clear();
+    // relaxed: a hint set by the keep-alive timer on this strand; losing a race only delays it.
+    const bool keepalive = m_keepalive_due.exchange(false, std::memory_order_relaxed);
+    if (m_session->fill(m_batch, m_record, keepalive)) break;
+    // sync(link.writing) seq_cst store: partner of the exchange in kick().
+    m_writing.store(false, std::memory_order_seq_cst);
+    // sync(link.want_write) seq_cst load: pairs with the store in kick(); a kick that came
+    // between fill() and the store above is seen here (or its exchange saw writing == false).
+    if (!m_want_write.load(std::memory_order_seq_cst)) return;
+    // sync(link.writing) seq_cst exchange: reclaim the writer role unless a kick() took it.
+    if (m_writing.exchange(true, std::memory_order_seq_cst)) return;
+  }
+  m_wbufs.clear();
+  for (const auto& b : m_batch.buffers()) m_wbufs.emplace_back(b.data(), b.size());
+  m_stream.async_write_all(m_wbufs, [self = shared_from_this()](const error_code& ec, std::size_t) {
+    if (self->m_failed) {
+      // sync(link.writing) seq_cst store: partner of the exchange in kick().
+      self->m_writing.store(false, std::memory_order_seq_cst);
+      return;
+    }
+    if (ec) {
+      // sync(link.writing) seq_cst store: partner of the exchange in kick().
+      self->m_writing.store(false, std::memory_order_seq_cst);
+      const Failure f = translate(ec, "write to " + self->m_remote);
+      return self->fail(f.errc, f.what);
+    }
+    self->m_last_tx = Clock::now();
+    const std::shared_ptr<Session> session = self->m_session;
+    session->written(self->m_record);
+    self->do_write();
+  });
+}
+
+void Connection::read_more() {
+  if (m_failed || m_reading || m_paused) return;
+  if (m_in_payload && m_rbegin == m_rend) {
+    const std::span<std::byte> target = m_reassembler.chunk_target();
+    if (target.size() >= kDirectReadAbove) {
+      m_reading = true;
+      m_stream.async_read_exactly(asio::buffer(target.data(), target.size()),
+                                  [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                                    self->on_read(ec, n, true);
+                                  });
+      return;
+    }
+  }
+  if (m_rbegin == m_rend) {
+    m_rbegin = m_rend = 0;
+  } else if (m_rbegin > 0 && m_rend - m_rbegin < framing::kHeaderSize) {
+    std::memmove(m_rbuf.data(), m_rbuf.data() + m_rbegin, m_rend - m_rbegin);
+    m_rend -= m_rbegin;
+    m_rbegin = 0;
+  }
+  m_reading = true;
+  m_stream.async_read_some(asio::buffer(m_rbuf.data() + m_rend, m_rbuf.size() - m_rend),
+                           [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                             self->on_read(ec, n, false);
+                           });
+}
+
+void Connection::on_read(const error_code& ec, std::size_t n, bool direct) {
+  m_reading = false;
+  if (m_failed) return;
+  if (ec) {
+    if (m_draining) return close_socket();
+    const Failure f = translate(ec, "read from " + m_remote);
+    return fail(f.errc, f.what);
+  }
+  m_last_rx = Clock::now();
+  if (m_draining) {  // the session ended cleanly: discard until the peer's EOF
+    m_rbegin = m_rend = 0;
+    return read_more();
+  }
+  if (direct) {
+    m_reassembler.advance(n);
+    m_round_bytes += n;
+    m_round_progress = true;
+  } else {
+    m_rend += n;
+  }
+  process();
+  if (m_failed) return;
+  if (m_round_progress) {
+    if (m_round_bytes) m_session->received_bytes(m_round_bytes);
+    m_session->ack_due();
+    m_round_bytes = 0;
+    m_round_progress = false;
+  }
+  read_more();
+}
+
+void Connection::process() {
+  for (;;) {
+    if (m_in_payload) {
+      const std::span<std::byte> target = m_reassembler.chunk_target();
+      const std::size_t take = std::min(target.size(), m_rend - m_rbegin);
+      if (take) {
+        std::memcpy(target.data(), m_rbuf.data() + m_rbegin, take);
+        m_rbegin += take;
+        m_reassembler.advance(take);
+        m_round_bytes += take;
+        m_round_progress = true;
+      }
+      if (!m_reassembler.chunk_done()) return;  // read more of it
+      m_in_payload = false;
+      if (m_reassembler.message_done()) {
+        if (!m_owner.deliver(m_session, m_reassembler.take())) {
+          m_paused = true;
+          return;
+        }
+      }
+      continue;
+    }
+    if (m_rend - m_rbegin < framing::kHeaderSize) return;
+    framing::FrameHeader h;
+    std::string why;
+    Errc e = framing::decode_header(std::span<const std::byte, framing::kHeaderSize>(m_rbuf.data() + m_rbegin, framing::kHeaderSize),
+                                    m_owner.max_chunk(), h, why);
+    if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
+    m_rbegin += framing::kHeaderSize;
+    switch (h.type) {
+      case framing::FrameType::data:
+        e = m_reassembler.begin_chunk(h, why);
+        if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
+        m_in_payload = true;
+        m_round_progress = true;
+        break;
+      case framing::FrameType::ack:
+        e = m_session->on_ack(h.a, h.b, why);
+        if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
+        break;
+      case framing::FrameType::keepalive:
+        break;
+      case framing::FrameType::close:
+        m_session->on_peer_close(static_cast<Errc>(h.a));
+        break;
+    }
+  }
+}
+
+void Connection::resume_reading() {
+  asio::post(m_strand, [self = shared_from_this()] {
+    if (!self->m_paused || self->m_failed) return;
+    self->m_paused = false;
+    self->m_last_rx = Clock::now();
+    self->process();
+    if (self->m_failed) return;
+    if (self->m_round_progress) {
+      if (self->m_round_bytes) self->m_session->received_bytes(self->m_round_bytes);
+      self->m_session->ack_due();
+      self->m_round_bytes = 0;
+      self->m_round_progress = false;
+    }
+    self->read_more();
+  });
+}
+
+void Connection::on_tick() {
+  if (m_failed) return;
+  const auto now = Clock::now();
+  const auto& c = m_transport.conn();
+  if (m_draining) {
+    if (now >= m_drain_deadline) return close_socket();
+  } else {
+    if (!m_paused && now - m_last_rx >= c.keepalive_timeout) {
+      return fail(Errc::peer_lost, "no frame from " + m_remote + " for " +
+                                       std::to_string(c.keepalive_timeout.count()) + " ms");
+    }
+    if (now - m_last_tx >= c.keepalive_interval) {
+      // relaxed: read by do_write() on this strand, ordered by the post in kick().
+      m_keepalive_due.store(true, std::memory_order_relaxed);
+      kick();
+    }
+  }
+  const auto tick = std::max(std::chrono::milliseconds(1), std::min(c.keepalive_interval, c.keepalive_timeout / 4));
+  m_timer.expires_after(tick);
+  m_timer.async_wait([self = shared_from_this()](const error_code& ec) {
+    if (!ec) self->on_tick();
+  });
+}
+
+void Connection::fail(Errc errc, const std::string& what) {
+  (void)what;
+  if (m_failed) return;
+  if (!m_running) return handshake_failed({errc, what});
+  m_failed = true;
+  close_socket();
+  if (m_session) m_session->link_down(this, ferry_code(errc));
+  m_transport.link_ended(shared_from_this(), true);
+}
+
+void Connection::shutdown(std::error_code why) {
+  asio::post(m_strand, [self = shared_from_this(), why] {
+    if (self->m_failed || self->m_draining) return;
+    if (why == ferry_code(Errc::closed) && self->m_running) {
+      // A clean end: let the bytes already written arrive (closing with unread input would
+      // reset the connection and could destroy them), send FIN, wait briefly for the peer's.
+      self->m_draining = true;
+      self->m_paused = false;
+      self->m_drain_deadline = Clock::now() + std::chrono::seconds(2);
+      error_code ec;
+      self->m_stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+      self->read_more();
+      return;
+    }
+    self->m_failed = true;
+    self->close_socket();
+    self->m_transport.link_ended(self, false);
+  });
+}
+
+void Connection::abort() {
+  asio::post(m_strand, [self = shared_from_this()] {
+    self->m_failed = true;
+    self->close_socket();
+  });
+}
+
+void Connection::close_socket() {
+  error_code ec;
+  m_timer.cancel();
+  m_stream.socket().close(ec);
+  if (m_draining) {
+    m_draining = false;
+    m_failed = true;
+    m_transport.link_ended(shared_from_this(), false);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TcpTransport
+
+TcpTransport::TcpTransport(CommunicatorImpl& owner)
+    : m_owner(owner), m_endpoint(owner.endpoint()), m_work(asio::make_work_guard(m_io)) {
+  if (m_endpoint.scheme == Scheme::tls) setup_tls();
+  if (m_owner.purpose() == Purpose::server) {
+    listen();
+  }
+  for (unsigned i = 0; i < m_owner.options().workers; ++i) {
+    m_threads.emplace_back([this] { m_io.run(); });
+  }
+  if (m_owner.purpose() == Purpose::server) {
+    asio::post(m_acceptor->get_executor(), [this] { accept(); });
+  } else {
+    try {
+      connect_first();
+    } catch (...) {
+      stop();
+      throw;
+    }
+  }
+}
+
+void TcpTransport::setup_tls() {
+  const SecurityOptions& sec = m_owner.options().security;
+  const bool server = m_owner.purpose() == Purpose::server;
+  m_tls.emplace(server ? ssl::context::tls_server : ssl::context::tls_client);
+  error_code ec;
+  m_tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                         ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1,
+                     ec);
+  const auto load = [&](const char* what, const std::filesystem::path& p, auto&& fn) {
+    error_code e;
+    fn(p.string(), e);
+    if (e) throw Error(Errc::invalid_argument, std::string("tls: cannot use ") + what + " '" + p.string() + "': " + e.message());
+  };
+  if (server) {
+    if (sec.certificate.empty() || sec.key.empty()) {
+      throw Error(Errc::invalid_argument, "tls: a server needs security.certificate and security.key");
+    }
+    load("certificate chain", sec.certificate, [&](const std::string& p, error_code& e) { m_tls->use_certificate_chain_file(p, e); });
+    load("private key", sec.key, [&](const std::string& p, error_code& e) { m_tls->use_private_key_file(p, ssl::context::pem, e); });
+    if (sec.require_client_certificate) {
+      if (sec.ca.empty()) throw Error(Errc::invalid_argument, "tls: require_client_certificate needs security.ca");
+      load("CA file", sec.ca, [&](const std::string& p, error_code& e) { m_tls->load_verify_file(p, e); });
+      m_tls->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+    }
+    return;
+  }
+  if (sec.ca.empty()) {
+    m_tls->set_default_verify_paths(ec);
+    if (ec) throw Error(Errc::unavailable, "tls: no system certificate store: " + ec.message());
+  } else {
+    load("CA file", sec.ca, [&](const std::string& p, error_code& e) { m_tls->load_verify_file(p, e); });
+  }
+  m_tls->set_verify_mode(ssl::verify_peer);
+  if (!sec.certificate.empty() || !sec.key.empty()) {
+    load("certificate chain", sec.certificate, [&](const std::string& p, error_code& e) { m_tls->use_certificate_chain_file(p, e); });
+    load("private key", sec.key, [&](const std::string& p, error_code& e) { m_tls->use_private_key_file(p, ssl::context::pem, e); });
+  }
+}
+
+void TcpTransport::listen() {
+  error_code ec;
+  tcp::resolver resolver(m_io);
+  const auto results = resolver.resolve(m_endpoint.host, std::to_string(m_endpoint.port), tcp::resolver::passive, ec);
+  if (ec || results.empty()) {
+    throw Error(Errc::invalid_argument, "listen on " + m_endpoint.to_string() + ": cannot resolve host: " + ec.message());
+  }
+  const tcp::endpoint ep = *results.begin();
+  m_acceptor.emplace(asio::make_strand(m_io));
+  m_acceptor->open(ep.protocol(), ec);
+  if (!ec) m_acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) m_acceptor->bind(ep, ec);
+  if (!ec) m_acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    const Failure f = translate(ec, "listen on " + m_endpoint.to_string());
+    throw Error(f.errc == Errc::peer_lost ? Errc::system : f.errc, f.what);
+  }
+  Endpoint local = m_endpoint;
+  local.port = m_acceptor->local_endpoint(ec).port();
+  m_local = local.to_string();
+}
+
+void TcpTransport::accept() {
+  if (stopping()) return;
+  auto conn = std::make_shared<Connection>(*this, Connection::Role::server);
+  m_acceptor->async_accept(conn->socket(), [this, conn](const error_code& ec) {
+    if (stopping() || ec == asio::error::operation_aborted) return;
+    if (!ec) {
+      {
+        const std::lock_guard lock(m_links_mutex);
+        m_links.insert(conn);
+      }
+      asio::post(conn->socket().get_executor(), [conn] { conn->start(nullptr); });
+    }
+    // Out of descriptors or similar: keep accepting (a pause avoids a busy loop).
+    if (ec && ec != asio::error::operation_aborted) {
+      auto t = std::make_shared<asio::steady_timer>(m_io, std::chrono::milliseconds(50));
+      t->async_wait([this, t](const error_code&) { accept(); });
+      return;
+    }
+    accept();
+  });
+}
+
+void TcpTransport::connect(std::function<void(std::optional<Failure>)> done) {
+  auto link = std::make_shared<Connection>(*this, Connection::Role::client);
+  {
+    const std::lock_guard lock(m_links_mutex);
+    m_links.insert(link);
+  }
+  auto timer = std::make_shared<asio::steady_timer>(link->socket().get_executor(), conn().connect_timeout);
+  timer->async_wait([link](const error_code& ec) {
+    if (!ec) {
+      error_code ignored;
+      link->socket().close(ignored);  // the connect completes with operation_aborted
+    }
+  });
+  asio::async_connect(link->socket(), m_resolved,
+                      [this, link, timer, done = std::move(done)](const error_code& ec, const tcp::endpoint&) mutable {
+                        timer->cancel();
+                        if (ec) {
+                          link_ended(link, false);
+                          const Failure f = ec == asio::error::operation_aborted
+                                                ? Failure{Errc::timed_out, "connect to " + m_endpoint.to_string() + ": timed out"}
+                                                : translate(ec, "connect to " + m_endpoint.to_string());
+                          return done(f);
+                        }
+                        link->start(std::move(done));
+                      });
+}
+
+void TcpTransport::connect_first() {
+  error_code ec;
+  tcp::resolver resolver(m_io);
+  m_resolved = resolver.resolve(m_endpoint.host, std::to_string(m_endpoint.port), ec);
+  if (ec || m_resolved.empty()) {
+    throw Error(Errc::not_found, "connect to " + m_endpoint.to_string() + ": cannot resolve host: " + ec.message());
+  }
+  m_local = m_endpoint.to_string();
+  const auto deadline = Clock::now() + conn().connect_timeout;
+  auto delay = std::chrono::milliseconds(10);
+  for (;;) {
+    auto promise = std::make_shared<std::promise<std::optional<Failure>>>();
+    auto future = promise->get_future();
+    connect([promise](std::optional<Failure> f) { promise->set_value(std::move(f)); });
+    std::optional<Failure> f = future.get();  // bounded: connect and handshake have timers
+    if (!f) return;
+    // Refused or reset while the server starts: retry until the deadline; anything the server
+    // or TLS said on purpose is final.
+    const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out;
+    if (!retry || Clock::now() + delay >= deadline) throw Error(f->errc, f->what);
+    std::this_thread::sleep_for(delay);
+    delay = std::min(delay * 2, std::chrono::milliseconds(500));
+  }
+}
+
+void TcpTransport::reconnect_later(std::chrono::milliseconds delay) {
+  if (stopping()) return;
+  auto t = std::make_shared<asio::steady_timer>(m_io, delay);
+  t->async_wait([this, t, delay](const error_code& ec) {
+    if (ec || stopping() || !m_owner.wants_reconnect()) return;
+    connect([this, delay](std::optional<Failure> f) {
+      if (!f || stopping() || !m_owner.wants_reconnect()) return;
+      // An id refused as "already live" or a refused connection: the old connection may not be
+      // seen dead yet on the other side; keep trying until the session's resume timeout.
+      const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out ||
+                         f->errc == Errc::address_in_use || f->errc == Errc::unavailable;
+      if (!retry) return m_owner.reconnect_failed(make_error_code(f->errc));
+      reconnect_later(std::min(delay * 2, std::chrono::milliseconds(500)));
+    });
+  });
+}
+
+void TcpTransport::link_ended(const std::shared_ptr<Connection>& c, bool was_running) {
+  {
+    const std::lock_guard lock(m_links_mutex);
+    m_links.erase(c);
+  }
+  if (was_running && m_owner.purpose() == Purpose::client && !stopping() && m_owner.wants_reconnect()) {
+    reconnect_later(std::chrono::milliseconds(10));
+  }
+}
+
+void TcpTransport::schedule(std::chrono::milliseconds delay, std::function<void()> fn) {
+  if (stopping()) return;
+  auto t = std::make_shared<asio::steady_timer>(m_io, delay);
+  t->async_wait([this, t, fn = std::move(fn)](const error_code& ec) {
+    if (!ec && !stopping()) fn();
+  });
+}
+
+void TcpTransport::stop() {
+  const std::lock_guard stop_lock(m_stop_mutex);
+  if (m_stopped) return;
+  m_stopped = true;
+  // relaxed: the threads are joined below, which orders everything after it.
+  m_stopping.store(true, std::memory_order_relaxed);
+  if (m_acceptor) {
+    asio::post(m_acceptor->get_executor(), [this] {
+      error_code ec;
+      m_acceptor->close(ec);
+    });
+  }
+  std::set<std::shared_ptr<Connection>> links;
+  {
+    const std::lock_guard lock(m_links_mutex);
+    links.swap(m_links);
+  }
+  for (const auto& c : links) c->abort();
+  m_work.reset();
+  // Let the aborts and their cancelled handlers run, then stop whatever timers remain.
+  asio::post(m_io, [this] { m_io.stop(); });
+  for (auto& t : m_threads) {
+    if (t.joinable()) t.join();
+  }
+  m_threads.clear();
+}
+
+}  // namespace
+
+std::unique_ptr<Transport> make_transport(CommunicatorImpl& owner) {
+  return std::make_unique<TcpTransport>(owner);
+}
+
+}  // namespace ferry::detail::tcp
