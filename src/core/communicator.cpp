@@ -95,6 +95,12 @@ PutHandle CommunicatorImpl::put(Payload payload, std::span<const PeerId> peers) 
       }
     }
   }
+  if (targets.empty() && closed()) {
+    // A broadcast after close(): report it rather than complete with nobody addressed.
+    ids.push_back(PeerId{});
+    targets.push_back(nullptr);
+    early.push_back(Errc::closed);
+  }
   auto state = std::make_shared<PutState>(std::move(payload), ids);
   const std::shared_ptr<const Payload> bytes = state->payload();
   const bool closed_now = closed();

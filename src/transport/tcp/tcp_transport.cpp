@@ -350,7 +350,15 @@ void Connection::on_hello(const framing::Hello& hello) {
   }
   if (hello.status != 0) {
     const Errc e = static_cast<Errc>(hello.status);
-    return handshake_failed({e, "server " + m_remote + " refused the connection: " + make_error_code(e).message()});
+    std::string reason = make_error_code(e).message();
+    if (e == Errc::address_in_use) {
+      reason = "peer id " + m_owner.options().id.to_string() + " already has a live connection";
+    } else if (e == Errc::unavailable) {
+      reason = "server at its connection limit";
+    } else if (e == Errc::version_mismatch) {
+      reason = "server speaks protocol version " + std::to_string(hello.version);
+    }
+    return handshake_failed({e, "server " + m_remote + " refused the connection: " + reason});
   }
   const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
   if (e != Errc{}) {

@@ -1,0 +1,696 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Communicator contract, one suite for every transport (tcp and tls now): ordering, large
+// messages, broadcast, many clients, close, put handles, timeouts, limits, back-pressure,
+// resumption across dropped connections, killed peers, and bad input from raw sockets.
+#include <gtest/gtest.h>
+
+#include <ferry/ferry.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "support/spawn.hpp"
+#include "support/tcp_proxy.hpp"
+#include "support/tls_certs.hpp"
+
+namespace ferry {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr auto kWait = 20s;  // every blocking call in these tests has a deadline
+
+Errc errc_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.errc();
+  }
+  return Errc{};
+}
+
+Bytes numbered(std::uint64_t i, std::size_t size = 64) {
+  Bytes b(std::max(size, sizeof i));
+  std::memset(b.data(), static_cast<int>(i & 0xff), b.size());
+  std::memcpy(b.data(), &i, sizeof i);
+  return b;
+}
+
+std::uint64_t number_of(const Message& m) {
+  std::uint64_t i = 0;
+  EXPECT_GE(m.data.size(), sizeof i);
+  std::memcpy(&i, m.data.data(), sizeof i);
+  return i;
+}
+
+Message must_get(Communicator& c, std::chrono::nanoseconds timeout = kWait) {
+  auto m = c.get_for(timeout);
+  if (!m) throw std::runtime_error("no message within the deadline");
+  return std::move(*m);
+}
+
+/// A raw TCP socket to poke a server with bytes that are not Ferry's.
+class RawSocket {
+ public:
+  explicit RawSocket(std::uint16_t port) : m_fd(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval tv{5, 0};
+    ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(m_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (::connect(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect");
+  }
+  ~RawSocket() { ::close(m_fd); }
+  RawSocket(const RawSocket&) = delete;
+  RawSocket& operator=(const RawSocket&) = delete;
+  void send(const void* p, std::size_t n) {
+    if (::send(m_fd, p, n, MSG_NOSIGNAL) != static_cast<ssize_t>(n)) throw std::runtime_error("send");
+  }
+  /// Reads until EOF/reset or n bytes or 5 s; returns what came.
+  std::string read_until_closed(std::size_t n = 1 << 20) {
+    std::string out;
+    char buf[4096];
+    while (out.size() < n) {
+      const ssize_t r = ::recv(m_fd, buf, sizeof buf, 0);
+      if (r <= 0) break;
+      out.append(buf, static_cast<std::size_t>(r));
+    }
+    return out;
+  }
+  /// True when the server closed the connection (EOF or reset) within 5 s.
+  bool closed_by_peer() {
+    char buf[4096];
+    for (;;) {
+      const ssize_t r = ::recv(m_fd, buf, sizeof buf, 0);
+      if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return true;
+      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    }
+  }
+  int fd() const { return m_fd; }
+
+ private:
+  int m_fd;
+};
+
+std::array<std::byte, 64> hello_bytes(std::uint16_t version = 1) {
+  std::array<std::byte, 64> h{};
+  std::memcpy(h.data(), "FERRY\r\n\x1a", 8);
+  h[8] = static_cast<std::byte>(version);
+  h[10] = std::byte{64};
+  const PeerId id = PeerId::random();
+  std::memcpy(h.data() + 16, id.bytes.data(), 16);
+  h[32] = std::byte{1};                  // next_expected = 1
+  h[40] = std::byte{1};                  // first_unacked = 1
+  h[48 + 3] = std::byte{1};              // max_message = 16 MiB
+  h[56 + 2] = std::byte{0x10};           // max_chunk = 1 MiB
+  return h;
+}
+
+class Conformance : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void SetUpTestSuite() { s_certs = std::make_unique<testing::TlsCerts>(); }
+  static void TearDownTestSuite() { s_certs.reset(); }
+
+  bool tls() const { return GetParam() == "tls"; }
+
+  Options server_options() const {
+    Options o;
+    o.endpoint = GetParam() + "://127.0.0.1:0";
+    if (tls()) {
+      o.security.certificate = s_certs->server_chain();
+      o.security.key = s_certs->server_key();
+    }
+    return o;
+  }
+  Options client_options(const Communicator& server) const { return client_options(server.local_endpoint()); }
+  Options client_options(const std::string& endpoint) const {
+    Options o;
+    o.endpoint = endpoint;
+    if (tls()) {
+      o.security.ca = s_certs->ca();
+      o.security.server_name = "localhost";
+    }
+    return o;
+  }
+  static std::uint16_t port_of(const Communicator& c) {
+    return Endpoint::parse(c.local_endpoint()).port;
+  }
+
+  static std::unique_ptr<testing::TlsCerts> s_certs;
+};
+std::unique_ptr<testing::TlsCerts> Conformance::s_certs;
+
+TEST_P(Conformance, PutGetBothWaysWithPeerIds) {
+  auto server = open(Purpose::server, server_options());
+  auto client = open(Purpose::client, client_options(server));
+  client.put(std::string("ping")).wait_delivered();
+  Message m = must_get(server);
+  EXPECT_EQ(m.text(), "ping");
+  EXPECT_EQ(m.peer, client.id());
+  server.put(std::string("pong"), m.peer).wait_delivered();
+  Message r = must_get(client);
+  EXPECT_EQ(r.text(), "pong");
+  EXPECT_EQ(r.peer, server.id());
+  EXPECT_EQ(server.stats().transport_of(client.id()), GetParam());
+  EXPECT_EQ(client.peers(), std::vector<PeerId>{server.id()});
+}
+
+TEST_P(Conformance, TypedMessagesThroughCodecs) {
+  struct Point {
+    double x, y;
+  };
+  auto server = open(Purpose::server, server_options());
+  auto client = open(Purpose::client, client_options(server));
+  client.put(Point{1.5, -2.0}).wait();
+  const std::string text = "text";
+  client.put(text).wait();
+  const std::vector<std::byte> raw(3, std::byte{7});
+  client.put(std::span<const std::byte>(raw)).wait();
+  client.put(Payload::borrow(raw)).wait_delivered();
+  const auto p = must_get(server).as<Point>();
+  EXPECT_EQ(p.x, 1.5);
+  EXPECT_EQ(p.y, -2.0);
+  EXPECT_EQ(must_get(server).as<std::string>(), "text");
+  EXPECT_EQ(must_get(server).data.size(), 3u);
+  Message borrowed = must_get(server);
+  EXPECT_EQ(borrowed.data.size(), 3u);
+  EXPECT_EQ(errc_of([&] { (void)borrowed.as<Point>(); }), Errc::protocol_error);
+}
+
+TEST_P(Conformance, FifoPerSenderWithManyMessages) {
+  auto server = open(Purpose::server, server_options());
+  auto client = open(Purpose::client, client_options(server));
+  constexpr std::uint64_t kCount = 20000;
+  std::thread producer([&] {
+    for (std::uint64_t i = 0; i < kCount; ++i) (void)client.put(numbered(i, 16 + i % 3000));
+  });
+  for (std::uint64_t i = 0; i < kCount; ++i) {
+    const Message m = must_get(server);
+    ASSERT_EQ(number_of(m), i);
+    ASSERT_EQ(m.data.size(), 16 + i % 3000);
+  }
+  producer.join();
+}
+
+TEST_P(Conformance, LargeMessagesAreChunkedAndReassembled) {
+  auto server = open(Purpose::server, server_options());
+  auto client = open(Purpose::client, client_options(server));
+  constexpr std::size_t kSize = std::size_t{256} << 20;
+  Bytes big(kSize);
+  for (std::size_t i = 0; i < kSize; i += 4096) big.data()[i] = static_cast<std::byte>(i / 4096);
+  big.data()[kSize - 1] = std::byte{0x5a};
+  auto handle = client.put(std::move(big));
+  const Message m = must_get(server, 60s);
+  ASSERT_EQ(m.data.size(), kSize);
+  for (std::size_t i = 0; i < kSize; i += 4096) ASSERT_EQ(m.data.data()[i], static_cast<std::byte>(i / 4096)) << i;
+  EXPECT_EQ(m.data.data()[kSize - 1], std::byte{0x5a});
+  ASSERT_TRUE(handle.wait_delivered_for(kWait));
+}
+
+TEST_P(Conformance, BroadcastReachesEveryClientAndTracksEach) {
+  auto server = open(Purpose::server, server_options());
+  std::vector<Communicator> clients;
+  for (int i = 0; i < 5; ++i) clients.push_back(open(Purpose::client, client_options(server)));
+  auto handle = server.put(std::string("all"));
+  ASSERT_TRUE(handle.wait_delivered_for(kWait));
+  EXPECT_EQ(handle.peers().size(), 5u);
+  EXPECT_TRUE(handle.errors().empty());
+  for (auto& c : clients) EXPECT_EQ(must_get(c).text(), "all");
+  // Naming peers addresses only them; an unknown peer fails alone.
+  const PeerId stranger = PeerId::random();
+  auto some = server.put(std::string("two"), clients[0].id(), stranger, clients[1].id());
+  EXPECT_EQ(errc_of([&] { (void)some.wait_delivered_for(kWait); }), Errc::not_found);
+  EXPECT_TRUE(some.delivered());
+  ASSERT_EQ(some.errors().size(), 1u);
+  EXPECT_EQ(some.errors()[0].peer, stranger);
+  EXPECT_EQ(must_get(clients[0]).text(), "two");
+  EXPECT_EQ(must_get(clients[1]).text(), "two");
+  EXPECT_FALSE(clients[2].get_for(50ms).has_value());
+}
+
+TEST_P(Conformance, HundredClientsEachTalkingToTheServer) {
+  auto server = open(Purpose::server, server_options());
+  constexpr int kClients = 100;
+  std::vector<Communicator> clients;
+  clients.reserve(kClients);
+  for (int i = 0; i < kClients; ++i) clients.push_back(open(Purpose::client, client_options(server)));
+  for (int i = 0; i < kClients; ++i) {
+    for (std::uint64_t j = 0; j < 10; ++j) (void)clients[i].put(numbered(j));
+  }
+  std::map<PeerId, std::uint64_t> next;
+  for (int n = 0; n < kClients * 10; ++n) {
+    const Message m = must_get(server);
+    ASSERT_EQ(number_of(m), next[m.peer]++);  // FIFO per sender
+    (void)server.put(std::string("ack"), m.peer);
+  }
+  EXPECT_EQ(next.size(), static_cast<std::size_t>(kClients));
+  for (auto& c : clients) {
+    for (int j = 0; j < 10; ++j) EXPECT_EQ(must_get(c).text(), "ack");
+  }
+}
+
+TEST_P(Conformance, CloseKeepsQueuedMessagesReadableThenErrors) {
+  auto server = open(Purpose::server, server_options());
+  auto client = open(Purpose::client, client_options(server));
+  for (std::uint64_t i = 0; i < 3; ++i) client.put(numbered(i)).wait_delivered();
+  server.close();
+  server.close();  // idempotent
+  EXPECT_TRUE(server.closed());
+  for (std::uint64_t i = 0; i < 3; ++i) EXPECT_EQ(number_of(must_get(server)), i);
+  EXPECT_EQ(errc_of([&] { (void)server.get(); }), Errc::closed);
+  EXPECT_EQ(errc_of([&] { server.put(std::string("late")).wait(); }), Errc::closed);
+  // The client learns of the server's close: get() fails with closed, puts fail.
+  EXPECT_EQ(errc_of([&] { (void)client.get_for(kWait); }), Errc::closed);
+  EXPECT_NE(errc_of([&] { client.put(std::string("x")).wait(); }), Errc{});
+}
+
+TEST_P(Conformance, ClientCloseFlushesItsMessagesFirst) {
+  auto server = open(Purpose::server, server_options());
+  std::optional<Communicator> client = open(Purpose::client, client_options(server));
+  std::vector<PutHandle> handles;
+  for (std::uint64_t i = 0; i < 1000; ++i) handles.push_back(client->put(numbered(i, 4096)));
+  client->close();
+  for (auto& h : handles) EXPECT_TRUE(h.delivered());
+  for (std::uint64_t i = 0; i < 1000; ++i) ASSERT_EQ(number_of(must_get(server)), i);
+  client.reset();
+}
+
+TEST_P(Conformance, SentAndDeliveredAreDistinct) {
+  Options so = server_options();
+  so.connection.receive_queue_messages = 1;  // the server stops reading after one message
+  auto server = open(Purpose::server, so);
+  auto client = open(Purpose::client, client_options(server));
+  std::vector<PutHandle> handles;
+  for (std::uint64_t i = 0; i < 20; ++i) handles.push_back(client.put(numbered(i)));
+  for (auto& h : handles) ASSERT_TRUE(h.wait_for(kWait));  // written to the connection
+  EXPECT_TRUE(handles[0].wait_delivered_for(kWait));
+  EXPECT_FALSE(handles[19].wait_delivered_for(200ms));  // not read by the server yet
+  for (std::uint64_t i = 0; i < 20; ++i) ASSERT_EQ(number_of(must_get(server)), i);
+  for (auto& h : handles) EXPECT_TRUE(h.wait_delivered_for(kWait));
+}
+
+TEST_P(Conformance, TimeoutsReturnInsteadOfBlocking) {
+  auto server = open(Purpose::server, server_options());
+  auto client = open(Purpose::client, client_options(server));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(server.get_for(100ms).has_value());
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 100ms);
+  EXPECT_FALSE(server.try_get().has_value());
+  client.put(std::string("x")).wait_delivered();
+  EXPECT_TRUE(server.try_get().has_value());
+}
+
+TEST_P(Conformance, OversizeMessageIsRefusedNotSplit) {
+  Options so = server_options();
+  so.connection.message_size = 1 << 20;
+  auto server = open(Purpose::server, so);
+  auto client = open(Purpose::client, client_options(server));
+  auto big = client.put(Bytes((1 << 20) + 1));
+  EXPECT_EQ(errc_of([&] { big.wait(); }), Errc::message_too_large);
+  client.put(Bytes(1 << 20)).wait_delivered();  // at the limit: fine, and the session goes on
+  EXPECT_EQ(must_get(server).data.size(), std::size_t{1} << 20);
+  EXPECT_FALSE(server.get_for(50ms).has_value());
+}
+
+TEST_P(Conformance, FullSendQueueFailsThePutInsteadOfGrowing) {
+  auto server = open(Purpose::server, server_options());
+  Options co = client_options(server);
+  co.connection.send_queue_messages = 8;
+  auto client = open(Purpose::client, co);
+  std::vector<PutHandle> handles;
+  for (int i = 0; i < 10000; ++i) handles.push_back(client.put(numbered(i)));
+  std::size_t refused = 0;
+  for (auto& h : handles) {
+    const Errc e = errc_of([&] { ASSERT_TRUE(h.wait_delivered_for(kWait)); });
+    if (e != Errc{}) {
+      EXPECT_EQ(h.errors()[0].error, make_error_code(Errc::would_block));
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 0u);
+  std::size_t got = 0;
+  while (server.get_for(200ms)) ++got;
+  EXPECT_EQ(got + refused, handles.size());  // nothing lost silently
+}
+
+TEST_P(Conformance, SlowPeerDoesNotHoldBackAnother) {
+  Options so = server_options();
+  so.connection.receive_queue_messages = 16;
+  auto server = open(Purpose::server, so);
+  auto flood = open(Purpose::client, client_options(server));
+  auto other = open(Purpose::client, client_options(server));
+  std::vector<PutHandle> pending;
+  for (int i = 0; i < 2000; ++i) pending.push_back(flood.put(numbered(i, 1024)));
+  std::this_thread::sleep_for(100ms);
+  // The flood filled its share of the receive queue; the other client still gets through.
+  other.put(std::string("me too")).wait_delivered();
+  bool seen = false;
+  int flooded = 0;
+  while (auto m = server.get_for(kWait)) {
+    if (m->peer == other.id()) {
+      seen = true;
+      break;
+    }
+    ++flooded;
+  }
+  EXPECT_TRUE(seen);
+  EXPECT_LE(flooded, 16);
+  // Back-pressure, not loss: the rest of the flood arrives once the server reads again.
+  for (int i = flooded; i < 2000; ++i) ASSERT_EQ(number_of(must_get(server)), static_cast<std::uint64_t>(i));
+  for (auto& h : pending) ASSERT_TRUE(h.wait_delivered_for(kWait));
+}
+
+TEST_P(Conformance, SecondLiveConnectionWithTheSameIdIsRefused) {
+  auto server = open(Purpose::server, server_options());
+  Options co = client_options(server);
+  auto first = open(Purpose::client, co);
+  try {
+    auto second = open(Purpose::client, co);
+    FAIL() << "a second connection with the same id was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.errc(), Errc::address_in_use);
+    EXPECT_NE(std::string(e.what()).find("already has a live connection"), std::string::npos) << e.what();
+  }
+  first.put(std::string("still fine")).wait_delivered();
+  EXPECT_EQ(must_get(server).text(), "still fine");
+}
+
+TEST_P(Conformance, CallbacksReportConnectAndDisconnect) {
+  std::mutex mu;
+  std::vector<PeerId> connected;
+  std::vector<std::error_code> disconnected;
+  Options so = server_options();
+  so.on_connect = [&](const PeerId& p) {
+    const std::lock_guard lock(mu);
+    connected.push_back(p);
+  };
+  so.on_disconnect = [&](const PeerId&, std::error_code ec) {
+    const std::lock_guard lock(mu);
+    disconnected.push_back(ec);
+  };
+  auto server = open(Purpose::server, so);
+  PeerId id;
+  {
+    auto client = open(Purpose::client, client_options(server));
+    id = client.id();
+    client.close();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  for (;;) {
+    {
+      const std::lock_guard lock(mu);
+      if (!disconnected.empty()) break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline);
+    std::this_thread::sleep_for(5ms);
+  }
+  const std::lock_guard lock(mu);
+  EXPECT_EQ(connected, std::vector<PeerId>{id});
+  EXPECT_EQ(disconnected[0], make_error_code(Errc::closed));
+}
+
+TEST_P(Conformance, ResumesAcrossCutConnectionsWithoutLossOrDuplicates) {
+  auto server = open(Purpose::server, server_options());
+  testing::TcpProxy proxy("127.0.0.1", port_of(server));
+  auto client = open(Purpose::client, client_options(GetParam() + "://127.0.0.1:" + std::to_string(proxy.port())));
+  constexpr std::uint64_t kCount = 30000;
+  std::atomic<bool> done{false};
+  std::thread cutter([&] {
+    for (int i = 0; i < 8 && !done.load(std::memory_order_relaxed); ++i) {
+      std::this_thread::sleep_for(30ms);
+      proxy.cut_all();
+    }
+  });
+  std::thread producer([&] {
+    for (std::uint64_t i = 0; i < kCount; ++i) (void)client.put(numbered(i, 512));
+  });
+  std::thread echo_check([&] {
+    // The server also streams to the client through the cuts.
+    for (std::uint64_t i = 0; i < kCount / 10; ++i) (void)server.put(numbered(i), client.id());
+  });
+  for (std::uint64_t i = 0; i < kCount; ++i) {
+    const Message m = must_get(server, 30s);
+    ASSERT_EQ(number_of(m), i) << "lost or duplicated around message " << i;
+  }
+  for (std::uint64_t i = 0; i < kCount / 10; ++i) ASSERT_EQ(number_of(must_get(client, 30s)), i);
+  done = true;
+  producer.join();
+  echo_check.join();
+  cutter.join();
+  EXPECT_FALSE(server.get_for(100ms).has_value());
+  const Stats s = server.stats();
+  ASSERT_EQ(s.peers.size(), 1u);
+  EXPECT_GT(s.peers[0].connects, 1u) << "the proxy never cut the connection";
+}
+
+TEST_P(Conformance, KilledClientIsSeenPromptlyAndItsSessionReleased) {
+  std::atomic<int> disconnects{0};
+  std::atomic<std::int64_t> seen_at{0};
+  Options so = server_options();
+  so.connection.resume_timeout = 300ms;
+  so.on_disconnect = [&](const PeerId&, std::error_code) {
+    seen_at = std::chrono::steady_clock::now().time_since_epoch().count();
+    ++disconnects;
+  };
+  if (tls()) GTEST_SKIP() << "the helper client speaks plain tcp";
+  auto server = open(Purpose::server, so);
+  const std::string peer = (std::filesystem::path(test::peer_path()).parent_path() / "ferry_comm_peer").string();
+  test::Child child({peer, "client", server.local_endpoint()}, -1, true);
+  ASSERT_EQ(child.read_line(), "connected");
+  ASSERT_TRUE(server.get_for(kWait).has_value());
+  const auto killed = std::chrono::steady_clock::now();
+  child.kill(SIGKILL);
+  child.wait(5s);
+  while (disconnects.load() == 0) {
+    ASSERT_LT(std::chrono::steady_clock::now() - killed, 5s) << "kill not noticed";
+    std::this_thread::sleep_for(1ms);
+    while (server.try_get()) {
+    }
+  }
+  const auto noticed = std::chrono::nanoseconds(seen_at.load()) - killed.time_since_epoch();
+  std::printf("killed client noticed after %.1f ms\n", std::chrono::duration<double, std::milli>(noticed).count());
+  EXPECT_LT(noticed, so.connection.keepalive_timeout);
+  // After the resume timeout the session is gone and puts to that peer fail.
+  std::this_thread::sleep_for(600ms);
+  EXPECT_TRUE(server.stats().peers.empty());
+}
+
+TEST_P(Conformance, KilledServerFailsTheClientPromptly) {
+  if (tls()) GTEST_SKIP() << "the helper server speaks plain tcp";
+  const std::string peer = (std::filesystem::path(test::peer_path()).parent_path() / "ferry_comm_peer").string();
+  test::Child child({peer, "server", "tcp://127.0.0.1:0"}, -1, true);
+  const std::string line = child.read_line();
+  ASSERT_EQ(line.rfind("listening ", 0), 0u) << line;
+  Options co = client_options(line.substr(10));
+  co.connection.resume_timeout = 200ms;
+  auto client = open(Purpose::client, co);
+  client.put(std::string("echo me")).wait_delivered();
+  EXPECT_EQ(must_get(client).text(), "echo me");
+  const auto killed = std::chrono::steady_clock::now();
+  child.kill(SIGKILL);
+  child.wait(5s);
+  EXPECT_EQ(errc_of([&] { (void)client.get_for(kWait); }), Errc::peer_lost);
+  const auto took = std::chrono::steady_clock::now() - killed;
+  std::printf("killed server: client get() failed after %.1f ms\n", std::chrono::duration<double, std::milli>(took).count());
+  EXPECT_LT(took, co.connection.keepalive_timeout);
+  EXPECT_EQ(errc_of([&] { client.put(std::string("x")).wait(); }), Errc::peer_lost);
+}
+
+TEST_P(Conformance, KeepAliveTimeoutDetectsASilentPeer) {
+  if (tls()) GTEST_SKIP() << "raw socket speaks plain tcp";
+  Options so = server_options();
+  so.connection.keepalive_interval = 50ms;
+  so.connection.keepalive_timeout = 300ms;
+  std::atomic<int> lost{0};
+  so.on_disconnect = [&](const PeerId&, std::error_code ec) {
+    if (ec == make_error_code(Errc::peer_lost)) ++lost;
+  };
+  auto server = open(Purpose::server, so);
+  RawSocket raw(port_of(server));
+  const auto h = hello_bytes();
+  raw.send(h.data(), h.size());  // handshakes, then never sends another byte
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(raw.closed_by_peer());
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(took, 250ms);
+  EXPECT_LT(took, 3s);
+  while (lost.load() == 0 && std::chrono::steady_clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(lost.load(), 1);
+}
+
+// --- bad input: each a clear error for that connection while the server keeps serving ---
+
+class BadInput : public Conformance {};
+
+TEST_P(BadInput, EachIsDroppedWhileOtherClientsAreServed) {
+  Options so = server_options();
+  so.connection.message_size = 16 << 20;
+  so.connection.handshake_timeout = 500ms;
+  auto server = open(Purpose::server, so);
+  auto good = open(Purpose::client, client_options(server));
+  const auto still_serving = [&] {
+    good.put(std::string("ok")).wait_delivered();
+    EXPECT_EQ(must_get(server).text(), "ok");
+  };
+  const std::uint16_t port = port_of(server);
+  {  // garbage instead of a hello
+    RawSocket raw(port);
+    const std::string junk(100, 'x');
+    raw.send(junk.data(), junk.size());
+    EXPECT_TRUE(raw.closed_by_peer());
+  }
+  still_serving();
+  {  // a future protocol version: refused with a hello saying version_mismatch
+    RawSocket raw(port);
+    const auto h = hello_bytes(7);
+    raw.send(h.data(), h.size());
+    const std::string reply = raw.read_until_closed();
+    ASSERT_EQ(reply.size(), 64u);
+    EXPECT_EQ(static_cast<std::uint8_t>(reply[60]), static_cast<std::uint8_t>(Errc::version_mismatch));
+  }
+  still_serving();
+  {  // a truncated hello, then silence: dropped at the handshake timeout
+    RawSocket raw(port);
+    const auto h = hello_bytes();
+    raw.send(h.data(), 20);
+    EXPECT_TRUE(raw.closed_by_peer());
+  }
+  still_serving();
+  const auto after_hello = [&](const std::vector<std::uint8_t>& frame) {
+    RawSocket raw(port);
+    const auto h = hello_bytes();
+    raw.send(h.data(), h.size());
+    if (!frame.empty()) raw.send(frame.data(), frame.size());
+    std::string got = raw.read_until_closed();
+    return got.size() >= 64;  // our hello reply came; read_until_closed returned: closed
+  };
+  const auto header = [](std::uint8_t type, std::uint32_t len, std::uint64_t a, std::uint64_t b, std::uint64_t c) {
+    std::vector<std::uint8_t> f(32, 0);
+    f[0] = type;
+    std::memcpy(f.data() + 4, &len, 4);
+    std::memcpy(f.data() + 8, &a, 8);
+    std::memcpy(f.data() + 16, &b, 8);
+    std::memcpy(f.data() + 24, &c, 8);
+    return f;
+  };
+  EXPECT_TRUE(after_hello(header(1, 100, 1, 0, std::uint64_t{1} << 40)));  // oversize total
+  still_serving();
+  EXPECT_TRUE(after_hello(header(1, 0xffffffff, 1, 0, 0xffffffff)));  // oversize chunk
+  still_serving();
+  EXPECT_TRUE(after_hello(header(1, 10, 5, 0, 10)));  // wrong message id
+  still_serving();
+  EXPECT_TRUE(after_hello(header(2, 0, 99, 0, 0)));  // ack of a message never sent
+  still_serving();
+  EXPECT_TRUE(after_hello(header(77, 0, 0, 0, 0)));  // unknown frame type
+  still_serving();
+  {  // truncated frame: half a header, then the client goes away
+    RawSocket raw(port);
+    const auto h = hello_bytes();
+    raw.send(h.data(), h.size());
+    const auto f = header(1, 10, 1, 0, 10);
+    raw.send(f.data(), 16);
+  }
+  still_serving();
+}
+
+TEST_P(BadInput, ClientThatNeverReadsKeepsServerMemoryBounded) {
+  if (tls()) GTEST_SKIP() << "raw socket speaks plain tcp";
+  Options so = server_options();
+  so.connection.send_queue_bytes = 8 << 20;
+  auto server = open(Purpose::server, so);
+  RawSocket raw(port_of(server));
+  const int small = 4096;
+  ::setsockopt(raw.fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  const auto h = hello_bytes();
+  raw.send(h.data(), h.size());
+  ASSERT_EQ(raw.read_until_closed(64).size(), 64u);
+  std::vector<PeerId> peers;
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while ((peers = server.peers()).empty()) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline);
+    std::this_thread::sleep_for(1ms);
+  }
+  std::size_t refused = 0;
+  for (int i = 0; i < 2000; ++i) {
+    auto handle = server.put(Bytes(64 << 10), peers[0]);
+    if (!handle.errors().empty()) {
+      EXPECT_EQ(handle.errors()[0].error, make_error_code(Errc::would_block));
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 1000u);
+  const Stats s = server.stats();
+  ASSERT_EQ(s.peers.size(), 1u);
+  EXPECT_LE(s.peers[0].bytes_queued, std::uint64_t{8} << 20);
+}
+
+// --- TLS ---
+
+class Tls : public Conformance {};
+
+TEST_P(Tls, RefusesPlaintextWrongCaAndWrongHostAndSupportsMutualTls) {
+  auto server = open(Purpose::server, server_options());
+  const std::uint16_t port = port_of(server);
+  const std::string url = "tls://127.0.0.1:" + std::to_string(port);
+  Options plain;
+  plain.endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+  plain.connection.connect_timeout = 2s;
+  plain.connection.handshake_timeout = 1s;
+  EXPECT_NE(errc_of([&] { (void)open(Purpose::client, plain); }), Errc{});
+
+  Options wrong_ca = client_options(url);
+  wrong_ca.security.ca = s_certs->wrong_ca();
+  EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, wrong_ca); }), Errc::permission_denied);
+
+  Options wrong_name = client_options(url);
+  wrong_name.security.server_name = "example.invalid";
+  EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, wrong_name); }), Errc::permission_denied);
+
+  Options fine = client_options(url);
+  auto client = open(Purpose::client, fine);
+  client.put(std::string("secret")).wait_delivered();
+  EXPECT_EQ(must_get(server).text(), "secret");
+
+  // Mutual TLS: a client certificate is required, and one signed by the CA is accepted.
+  Options mo = server_options();
+  mo.security.ca = s_certs->ca();
+  mo.security.require_client_certificate = true;
+  auto mserver = open(Purpose::server, mo);
+  Options anonymous = client_options(mserver);
+  anonymous.connection.connect_timeout = 2s;
+  EXPECT_NE(errc_of([&] { (void)open(Purpose::client, anonymous); }), Errc{});
+  Options with_cert = client_options(mserver);
+  with_cert.security.certificate = s_certs->client_cert();
+  with_cert.security.key = s_certs->client_key();
+  auto mclient = open(Purpose::client, with_cert);
+  mclient.put(std::string("mutual")).wait_delivered();
+  EXPECT_EQ(must_get(mserver).text(), "mutual");
+}
+
+TEST_P(Tls, ServerWithWrongHostCertificateIsRefused) {
+  Options so = server_options();
+  so.security.certificate = s_certs->wrong_host_chain();
+  so.security.key = s_certs->wrong_host_key();
+  auto server = open(Purpose::server, so);
+  Options co = client_options(server);
+  EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, co); }), Errc::permission_denied);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls"));
+INSTANTIATE_TEST_SUITE_P(Transports, BadInput, ::testing::Values("tcp"));
+INSTANTIATE_TEST_SUITE_P(Transports, Tls, ::testing::Values("tls"));
+
+}  // namespace
+}  // namespace ferry

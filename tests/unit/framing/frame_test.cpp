@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: Apache-2.0
+// The wire format: hello and frame header encoding, and validation of untrusted input.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstring>
+
+#include "framing/batch.hpp"
+#include "framing/frame.hpp"
+#include "framing/reassembler.hpp"
+
+namespace ferry::framing {
+namespace {
+
+using HelloBytes = std::array<std::byte, kHelloSize>;
+using HeaderBytes = std::array<std::byte, kHeaderSize>;
+
+Hello sample_hello() {
+  Hello h;
+  h.id = PeerId::random();
+  h.flags = kHelloResume;
+  h.next_expected = 7;
+  h.first_unacked = 3;
+  h.max_message = std::uint64_t{1} << 30;
+  h.max_chunk = 1 << 20;
+  return h;
+}
+
+TEST(Hello, RoundTripsEveryField) {
+  const Hello in = sample_hello();
+  HelloBytes bytes{};
+  encode_hello(in, bytes);
+  Hello out;
+  std::string why;
+  ASSERT_EQ(decode_hello(bytes, out, why), Errc{}) << why;
+  EXPECT_EQ(out.id, in.id);
+  EXPECT_EQ(out.flags, in.flags);
+  EXPECT_EQ(out.next_expected, 7u);
+  EXPECT_EQ(out.first_unacked, 3u);
+  EXPECT_EQ(out.max_message, in.max_message);
+  EXPECT_EQ(out.max_chunk, in.max_chunk);
+  EXPECT_EQ(out.status, 0u);
+  // The layout drawn in frame.hpp: magic, then version 1 little-endian at offset 8.
+  EXPECT_EQ(std::memcmp(bytes.data(), "FERRY\r\n\x1a", 8), 0);
+  EXPECT_EQ(bytes[8], std::byte{1});
+  EXPECT_EQ(bytes[9], std::byte{0});
+  EXPECT_EQ(bytes[10], std::byte{64});
+}
+
+TEST(Hello, RejectsGarbageWrongVersionAndBadFields) {
+  HelloBytes bytes{};
+  encode_hello(sample_hello(), bytes);
+  Hello out;
+  std::string why;
+
+  HelloBytes garbage = bytes;
+  garbage[0] = std::byte{'G'};
+  EXPECT_EQ(decode_hello(garbage, out, why), Errc::protocol_error);
+  EXPECT_NE(why.find("magic"), std::string::npos);
+
+  HelloBytes v2 = bytes;
+  v2[8] = std::byte{2};
+  EXPECT_EQ(decode_hello(v2, out, why), Errc::version_mismatch);
+  EXPECT_NE(why.find("version 2"), std::string::npos);
+
+  HelloBytes flags = bytes;
+  flags[13] = std::byte{1};
+  EXPECT_EQ(decode_hello(flags, out, why), Errc::protocol_error);
+
+  Hello nil = sample_hello();
+  nil.id = PeerId{};
+  HelloBytes nil_bytes{};
+  encode_hello(nil, nil_bytes);
+  EXPECT_EQ(decode_hello(nil_bytes, out, why), Errc::protocol_error);
+
+  Hello chunk = sample_hello();
+  chunk.max_chunk = 0;
+  HelloBytes chunk_bytes{};
+  encode_hello(chunk, chunk_bytes);
+  EXPECT_EQ(decode_hello(chunk_bytes, out, why), Errc::protocol_error);
+
+  Hello ids = sample_hello();
+  ids.next_expected = 0;
+  HelloBytes ids_bytes{};
+  encode_hello(ids, ids_bytes);
+  EXPECT_EQ(decode_hello(ids_bytes, out, why), Errc::protocol_error);
+
+  Hello status = sample_hello();
+  status.status = 999;
+  HelloBytes status_bytes{};
+  encode_hello(status, status_bytes);
+  EXPECT_EQ(decode_hello(status_bytes, out, why), Errc::protocol_error);
+}
+
+Errc decode(const FrameHeader& h, std::uint32_t max_chunk = 1 << 20) {
+  HeaderBytes bytes{};
+  encode_header(h, bytes);
+  FrameHeader out;
+  std::string why;
+  return decode_header(bytes, max_chunk, out, why);
+}
+
+TEST(FrameHeader, RoundTripsAndHasTheDrawnLayout) {
+  const FrameHeader in{FrameType::data, 100, 5, 200, 1000};
+  HeaderBytes bytes{};
+  encode_header(in, bytes);
+  EXPECT_EQ(bytes[0], std::byte{1});
+  EXPECT_EQ(bytes[4], std::byte{100});
+  EXPECT_EQ(bytes[8], std::byte{5});
+  EXPECT_EQ(bytes[16], std::byte{200});
+  FrameHeader out;
+  std::string why;
+  ASSERT_EQ(decode_header(bytes, 1 << 20, out, why), Errc{}) << why;
+  EXPECT_EQ(out.type, FrameType::data);
+  EXPECT_EQ(out.length, 100u);
+  EXPECT_EQ(out.a, 5u);
+  EXPECT_EQ(out.b, 200u);
+  EXPECT_EQ(out.c, 1000u);
+}
+
+TEST(FrameHeader, RejectsEveryMalformedHeader) {
+  EXPECT_EQ(decode({FrameType::data, 2 << 20, 1, 0, 4 << 20}), Errc::protocol_error);  // chunk > agreed
+  EXPECT_EQ(decode({FrameType::data, 10, 1, 995, 1000}), Errc::protocol_error);       // past the end
+  EXPECT_EQ(decode({FrameType::data, 10, 1, 2000, 1000}), Errc::protocol_error);      // offset > total
+  EXPECT_EQ(decode({FrameType::data, 0, 1, 0, 10}), Errc::protocol_error);            // empty chunk
+  // offset + length would wrap around 2^64: still caught.
+  EXPECT_EQ(decode({FrameType::data, 10, 1, ~std::uint64_t{0} - 5, ~std::uint64_t{0}}), Errc::protocol_error);
+  EXPECT_EQ(decode({FrameType::data, 10, 1, ~std::uint64_t{0} - 10, ~std::uint64_t{0}}), Errc{});
+  EXPECT_EQ(decode({FrameType::ack, 4, 1, 0, 0}), Errc::protocol_error);  // control with payload
+  EXPECT_EQ(decode({FrameType::keepalive, 0, 1, 0, 0}), Errc::protocol_error);
+  EXPECT_EQ(decode({FrameType::close, 0, 999, 0, 0}), Errc::protocol_error);
+  EXPECT_EQ(decode({FrameType::close, 0, 0, 0, 0}), Errc{});
+  EXPECT_EQ(decode({FrameType::data, 0, 1, 0, 0}), Errc{});  // an empty message
+
+  HeaderBytes bytes{};
+  encode_header({FrameType::keepalive, 0, 0, 0, 0}, bytes);
+  FrameHeader out;
+  std::string why;
+  HeaderBytes unknown = bytes;
+  unknown[0] = std::byte{9};
+  EXPECT_EQ(decode_header(unknown, 1 << 20, out, why), Errc::protocol_error);
+  EXPECT_NE(why.find("unknown frame type 9"), std::string::npos);
+  HeaderBytes reserved = bytes;
+  reserved[2] = std::byte{1};
+  EXPECT_EQ(decode_header(reserved, 1 << 20, out, why), Errc::protocol_error);
+}
+
+TEST(Reassembler, ReassemblesChunksInOrderStraightIntoTheMessage) {
+  Reassembler r;
+  r.reset(1, 100);
+  std::string why;
+  ASSERT_EQ(r.begin_chunk({FrameType::data, 6, 1, 0, 10}, why), Errc{}) << why;
+  auto t = r.chunk_target();
+  ASSERT_EQ(t.size(), 6u);
+  std::memcpy(t.data(), "hello ", 6);
+  r.advance(6);
+  EXPECT_TRUE(r.chunk_done());
+  EXPECT_FALSE(r.message_done());
+  ASSERT_EQ(r.begin_chunk({FrameType::data, 4, 1, 6, 10}, why), Errc{}) << why;
+  std::memcpy(r.chunk_target().data(), "ryef", 4);
+  r.advance(4);
+  ASSERT_TRUE(r.message_done());
+  const Bytes m = r.take();
+  EXPECT_EQ(m.text(), "hello ryef");
+  EXPECT_EQ(r.next_expected(), 2u);
+}
+
+TEST(Reassembler, RefusesGapsWrongIdsChangedTotalsAndOversizeMessages) {
+  Reassembler r;
+  std::string why;
+  r.reset(5, 100);
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 1, 4, 0, 1}, why), Errc::protocol_error);  // duplicate id
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 1, 6, 0, 1}, why), Errc::protocol_error);  // skipped id
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 1, 5, 3, 10}, why), Errc::protocol_error); // starts mid-way
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 1, 5, 0, 101}, why), Errc::message_too_large);
+  EXPECT_NE(why.find("over the limit of 100"), std::string::npos);
+  ASSERT_EQ(r.begin_chunk({FrameType::data, 4, 5, 0, 10}, why), Errc{});
+  r.advance(4);
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 4, 5, 5, 10}, why), Errc::protocol_error);  // gap
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 4, 5, 4, 12}, why), Errc::protocol_error);  // total changed
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 4, 6, 4, 10}, why), Errc::protocol_error);  // other message
+  EXPECT_EQ(r.begin_chunk({FrameType::data, 6, 5, 4, 10}, why), Errc{});
+}
+
+TEST(Batch, MergesSmallFramesAndReferencesLargePayloads) {
+  Batch b(4096);
+  const std::array<std::byte, 8> small{};
+  std::vector<std::byte> large(4096);
+  b.add({FrameType::data, 8, 1, 0, 8}, small);
+  b.add({FrameType::ack, 0, 1, 8, 0}, {});
+  b.add({FrameType::data, 4096, 2, 0, 4096}, large);
+  b.add({FrameType::keepalive, 0, 0, 0, 0}, {});
+  const auto& bufs = b.buffers();
+  ASSERT_EQ(bufs.size(), 3u);  // [hdr, 8 B, hdr, hdr] [large] [hdr]
+  EXPECT_EQ(bufs[0].size(), 3 * kHeaderSize + 8);
+  EXPECT_EQ(bufs[1].data(), large.data());  // not copied
+  EXPECT_EQ(bufs[2].size(), kHeaderSize);
+  EXPECT_EQ(b.bytes(), 4 * kHeaderSize + 8 + 4096);
+}
+
+}  // namespace
+}  // namespace ferry::framing
