@@ -29,7 +29,7 @@ case "$mode" in
     cmake -S . -B "$dir" "${common[@]}" -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZER=thread \
       -DCMAKE_CXX_COMPILER=clang++-14 -DFERRY_BUILD_BENCHMARKS=OFF -DFERRY_BUILD_TOOLS=OFF
     # TSan sees one address space: multi-process tests cannot be checked by it.
-    ctest_args+=(-L "unit|stress" -LE script)
+    ctest_args+=(-L "unit|stress|transport" -LE script)
     export TSAN_OPTIONS=halt_on_error=1 ;;
   *)
     echo "usage: scripts/test.sh [default|asan|tsan] [ctest args...]" >&2

@@ -143,7 +143,7 @@ bool Session::fill(framing::Batch& batch, WriteRecord& record, bool keepalive) {
   return !batch.empty();
 }
 
-void Session::written(const WriteRecord& record) {
+void Session::written(WriteRecord& record) {
   bool end_now = false;
   {
     const std::lock_guard lock(m_mutex);
@@ -155,7 +155,7 @@ void Session::written(const WriteRecord& record) {
         if (i >= m_out.size()) break;
         OutMsg& m = m_out[i];
         // A borrowed payload is "sent" only when acknowledged: a resend may still need it.
-        if (!m.state->borrowed()) m.state->sent(m.slot);
+        if (!m.state->borrowed()) record.sent.emplace_back(m.state, m.slot);
       }
     }
     if (record.close) {
@@ -163,6 +163,9 @@ void Session::written(const WriteRecord& record) {
       end_now = m_peer_closed;  // our close answered theirs: done
     }
   }
+  // Outside the session lock: a put() on another thread is not held up by the notifications.
+  for (auto& [state, slot] : record.sent) state->sent(slot);
+  record.sent.clear();
   if (end_now) end(make_error_code(Errc::closed));
 }
 

@@ -32,10 +32,13 @@ struct WriteRecord {
   std::vector<std::shared_ptr<const Payload>> payloads;
   std::vector<std::uint64_t> completed_ids;
   bool close = false;
+  /// Scratch for written(): the put states to mark sent once the session lock is released.
+  std::vector<std::pair<std::shared_ptr<PutState>, std::uint32_t>> sent;
   void clear() {
     payloads.clear();
     completed_ids.clear();
     close = false;
+    sent.clear();
   }
 };
 
@@ -67,7 +70,7 @@ class Session : public std::enable_shared_from_this<Session> {
   /// data chunks within the send window, then the close frame. False if nothing was added.
   bool fill(framing::Batch& batch, WriteRecord& record, bool keepalive);
   /// The batch was written completely.
-  void written(const WriteRecord& record);
+  void written(WriteRecord& record);
 
   // --- the link's reader (one at a time) ---
   /// Payload bytes arrived on this connection (for the ack's flow-control count).
