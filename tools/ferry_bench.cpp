@@ -2,6 +2,7 @@
 // ferry-bench: cross-process benchmarks for people and scripts.
 //   ferry-bench ring          one-way streaming through a byte ring between two processes
 //   ferry-bench ring-pingpong round trips through two byte rings between two processes
+//   ferry-bench comm, iops    the Communicator over TCP/TLS (tools/bench_comm.cpp)
 // The second process is this binary re-executed (hidden sub-commands ring-consumer and
 // ring-echo) with the ring segments inherited as memfd descriptors. Layer: tools/.
 #include <fcntl.h>
@@ -22,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_comm.hpp"
 #include "ferry/shm/ring.hpp"
 #include "ideal_ring.hpp"
 
@@ -619,8 +621,11 @@ int main(int argc, char** argv) {
   futex_echo_cmd->add_option("--fd", fd)->required();
   futex_echo_cmd->add_option("--cpu", cpu);
 
+  const auto comm_commands = ferry::bench::add_comm_commands(app);
+
   CLI11_PARSE(app, argc, argv);
   try {
+    if (const auto rc = comm_commands()) return *rc;
     if (*ring_cmd) return ring_main(ring);
     if (*ping_cmd) return pingpong_main(ping);
     if (*consumer_cmd) return ring_consumer(fd, size, zero_copy, wait, cpu, impl);

@@ -1,0 +1,1605 @@
+// SPDX-License-Identifier: Apache-2.0
+// ferry-bench comm and iops: the Communicator over TCP/TLS between processes on loopback.
+//   comm  streaming and round trips, run by run against the plain Asio baseline
+//         (ferry-asio-baseline, next to this binary): medians and same-run ratios
+//   iops  net-queue's test/iops.py: a shuffled list of messages both ways, sync or async
+// Every process is this binary re-executed (hidden roles comm-server and comm-client; iops's
+// server and client purposes) or the baseline; each role bounds its waits with a watchdog.
+// Layer: tools/.
+#include "bench_comm.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <ferry/ferry.hpp>
+
+extern char** environ;
+
+namespace ferry::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using std::chrono::nanoseconds;
+
+// The client keeps at most this many puts, or this many bytes, outstanding while streaming:
+// when either is reached it waits for the oldest handle.
+constexpr std::size_t kWindowHandles = 4096;
+constexpr std::size_t kWindowBytes = std::size_t{64} << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+std::size_t parse_size(const std::string& text) {
+  std::size_t pos = 0;
+  unsigned long long value = 0;
+  try {
+    value = std::stoull(text, &pos);
+  } catch (const std::exception&) {
+    throw CLI::ValidationError("size", "'" + text + "' is not a number of bytes");
+  }
+  std::string unit = text.substr(pos);
+  for (auto& c : unit)
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (unit.empty() || unit == "B")
+    return value;
+  if (unit == "K" || unit == "KB" || unit == "KIB")
+    return value << 10;
+  if (unit == "M" || unit == "MB" || unit == "MIB")
+    return value << 20;
+  if (unit == "G" || unit == "GB" || unit == "GIB")
+    return value << 30;
+  throw CLI::ValidationError("size", "unknown unit in '" + text + "' (use B, K, M or G)");
+}
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 3) {
+    bytes /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf,
+                bytes == static_cast<double>(static_cast<long long>(bytes)) ? "%.0f %s" : "%.1f %s",
+                bytes, units[u]);
+  return buf;
+}
+
+/// CPUs of the two processes: a runs the client (the sender), b the server.
+struct Pin {
+  int a = -1;
+  int b = -1;
+};
+
+Pin parse_pin(const std::string& text) {
+  if (text == "none")
+    return {};
+  if (text == "auto") {
+    if (std::thread::hardware_concurrency() >= 2)
+      return {0, 1};
+    return {};
+  }
+  const auto comma = text.find(',');
+  if (comma == std::string::npos)
+    throw CLI::ValidationError("--pin", "expected A,B, auto or none");
+  try {
+    return {std::stoi(text.substr(0, comma)), std::stoi(text.substr(comma + 1))};
+  } catch (const std::exception&) {
+    throw CLI::ValidationError("--pin", "expected A,B, auto or none, not '" + text + "'");
+  }
+}
+
+std::string pin_text(const Pin& pin) {
+  return pin.a < 0 ? "none" : std::to_string(pin.a) + "," + std::to_string(pin.b);
+}
+
+template <class T> T median(std::vector<T> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+Clock::duration seconds_to_duration(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+fs::path self_exe() {
+  return fs::read_symlink("/proc/self/exe");
+}
+
+double peak_rss_mib() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0; // ru_maxrss is in KiB on Linux
+}
+
+// Percentile by nearest rank (as ferry-asio-baseline computes it), of sorted values.
+std::int64_t percentile(const std::vector<std::int64_t>& sorted, double q) {
+  const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
+}
+
+/// Ends the process with a message on stderr when nobody called kick() for `timeout`: bounds
+/// every wait of a process role, close() and the destructors included. Thread: kick() and
+/// phase() from any thread; the watchdog runs its own.
+class Watchdog {
+public:
+  Watchdog(std::string role, Clock::duration timeout)
+      : m_role(std::move(role)), m_timeout(timeout), m_thread([this] { run(); }) {}
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+  ~Watchdog() {
+    {
+      const std::lock_guard lock(m_mutex);
+      m_stop = true;
+    }
+    m_cv.notify_one();
+    m_thread.join();
+  }
+
+  void phase(const char* what) noexcept {
+    // relaxed: a string literal, only read for the error message.
+    m_phase.store(what, std::memory_order_relaxed);
+    kick();
+  }
+  /// What the process was doing, for error messages.
+  [[nodiscard]] const char* phase() const noexcept {
+    // relaxed: see phase(const char*).
+    return m_phase.load(std::memory_order_relaxed);
+  }
+  void kick() noexcept {
+    // relaxed: a flag polled every 100 ms, nothing is published through it; the load first
+    // keeps the line shared while the flag is already set (two threads kick per message).
+    if (!m_kicked.load(std::memory_order_relaxed))
+      m_kicked.store(true, std::memory_order_relaxed);
+  }
+
+private:
+  void run() {
+    auto last_progress = Clock::now();
+    std::unique_lock lock(m_mutex);
+    while (!m_cv.wait_for(lock, std::chrono::milliseconds(100), [this] { return m_stop; })) {
+      const auto now = Clock::now();
+      // relaxed: see kick().
+      if (m_kicked.exchange(false, std::memory_order_relaxed)) {
+        last_progress = now;
+      } else if (now - last_progress >= m_timeout) {
+        std::fprintf(stderr, "ferry-bench %s: error: nothing happened for %.0f s while %s\n",
+                     m_role.c_str(), std::chrono::duration<double>(m_timeout).count(), phase());
+        std::_Exit(3);
+      }
+    }
+  }
+
+  alignas(64) std::atomic<bool> m_kicked{true};
+  std::atomic<const char*> m_phase{"starting"};
+  std::string m_role;
+  Clock::duration m_timeout;
+  std::mutex m_mutex;
+  std::condition_variable m_cv;
+  bool m_stop = false;
+  std::thread m_thread; // last: starts once the members above exist
+};
+
+/// A child process with its stdout on a pipe (stderr inherited, or merged into the pipe),
+/// started on one CPU when cpu >= 0: the calling thread's affinity is set around the spawn and
+/// the child inherits it (so this works for any program, the Asio baseline included).
+class Process {
+public:
+  struct Spec {
+    std::string name; // for messages
+    fs::path program;
+    std::vector<std::string> args;
+    int cpu = -1;
+    bool merge_stderr = false;
+    bool search_path = false;
+  };
+
+  explicit Process(Spec spec) : m_name(std::move(spec.name)) {
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0)
+      throw std::runtime_error("pipe2: " + std::string(std::strerror(errno)));
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    if (spec.merge_stderr)
+      posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
+    std::vector<std::string> full{spec.program.string()};
+    full.insert(full.end(), spec.args.begin(), spec.args.end());
+    std::vector<char*> argv;
+    for (auto& a : full)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    cpu_set_t saved;
+    CPU_ZERO(&saved);
+    bool pinned = false;
+    int rc = 0;
+    if (spec.cpu >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(spec.cpu, &set);
+      if (::sched_getaffinity(0, sizeof saved, &saved) != 0 ||
+          ::sched_setaffinity(0, sizeof set, &set) != 0) {
+        rc = errno;
+      } else {
+        pinned = true;
+      }
+    }
+    if (rc == 0) {
+      rc = spec.search_path
+               ? ::posix_spawnp(&m_pid, full[0].c_str(), &actions, nullptr, argv.data(), environ)
+               : ::posix_spawn(&m_pid, full[0].c_str(), &actions, nullptr, argv.data(), environ);
+      if (rc != 0)
+        m_pid = -1;
+    } else {
+      rc = -rc; // the affinity failed, not the spawn
+    }
+    if (pinned)
+      ::sched_setaffinity(0, sizeof saved, &saved);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(out[1]);
+    m_out = out[0];
+    if (rc < 0) {
+      ::close(m_out);
+      throw std::runtime_error("cannot run " + m_name + " on CPU " + std::to_string(spec.cpu) +
+                               ": " + std::strerror(-rc));
+    }
+    if (rc != 0) {
+      ::close(m_out);
+      throw std::runtime_error("cannot start " + m_name + " (" + full[0] +
+                               "): " + std::strerror(rc));
+    }
+  }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  ~Process() {
+    if (m_pid > 0) {
+      ::kill(m_pid, SIGKILL);
+      ::waitpid(m_pid, nullptr, 0);
+    }
+    ::close(m_out);
+  }
+
+  [[nodiscard]] const std::string& name() const noexcept { return m_name; }
+
+  /// The next line it prints, without the newline; nullopt at EOF. Throws at the deadline.
+  std::optional<std::string> read_line(Clock::time_point deadline) {
+    for (;;) {
+      const auto nl = m_buf.find('\n');
+      if (nl != std::string::npos) {
+        std::string line = m_buf.substr(0, nl);
+        m_buf.erase(0, nl + 1);
+        return line;
+      }
+      if (m_eof) {
+        if (m_buf.empty())
+          return std::nullopt;
+        return std::exchange(m_buf, {});
+      }
+      fill(deadline);
+    }
+  }
+
+  /// Everything it prints until EOF. Throws at the deadline.
+  std::string read_all(Clock::time_point deadline) {
+    while (!m_eof)
+      fill(deadline);
+    return std::exchange(m_buf, {});
+  }
+
+  /// Its exit code (128 + the signal that ended it). Kills it and throws at the deadline.
+  int wait(Clock::time_point deadline) {
+    if (m_pid <= 0)
+      return m_status;
+    for (;;) {
+      int st = 0;
+      const pid_t r = ::waitpid(m_pid, &st, WNOHANG);
+      if (r == m_pid) {
+        m_pid = -1;
+        m_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        return m_status;
+      }
+      if (r < 0 && errno != EINTR)
+        throw std::runtime_error("waitpid " + m_name + ": " + std::strerror(errno));
+      if (Clock::now() >= deadline) {
+        ::kill(m_pid, SIGKILL);
+        ::waitpid(m_pid, nullptr, 0);
+        m_pid = -1;
+        throw std::runtime_error(m_name + " did not exit in time (killed)");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+
+private:
+  void fill(Clock::time_point deadline) {
+    for (;;) {
+      int wait_ms = -1;
+      if (deadline != Clock::time_point::max()) {
+        const auto left =
+            std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0)
+          throw std::runtime_error(m_name + " printed nothing more before its deadline");
+        wait_ms = static_cast<int>(std::min<long long>(left, 60'000));
+      }
+      pollfd pfd{m_out, POLLIN, 0};
+      const int ready = ::poll(&pfd, 1, wait_ms);
+      if (ready < 0 && errno != EINTR)
+        throw std::runtime_error("poll: " + std::string(std::strerror(errno)));
+      if (ready <= 0)
+        continue;
+      char buf[4096];
+      const ssize_t n = ::read(m_out, buf, sizeof buf);
+      if (n > 0) {
+        m_buf.append(buf, static_cast<std::size_t>(n));
+        return;
+      }
+      if (n == 0) {
+        m_eof = true;
+        return;
+      }
+      if (errno != EINTR)
+        throw std::runtime_error("read from " + m_name + ": " + std::strerror(errno));
+    }
+  }
+
+  std::string m_name;
+  pid_t m_pid = -1;
+  int m_out = -1;
+  int m_status = -1;
+  std::string m_buf;
+  bool m_eof = false;
+};
+
+/// A temporary directory with a P-256 CA (ca.pem), a server certificate chain for DNS:localhost
+/// and IP:127.0.0.1 signed by it (server.pem) and the server's key (server.key) — the layout
+/// ferry-asio-baseline's --cert-dir reads. Made with the openssl CLI as
+/// tests/support/tls_certs.cpp does ($FERRY_OPENSSL overrides the program); removed with the
+/// object.
+class CertDir {
+public:
+  CertDir() {
+    const char* tmpdir = std::getenv("TMPDIR");
+    std::error_code ec;
+    const fs::path root =
+        tmpdir != nullptr && *tmpdir != '\0' && fs::is_directory(tmpdir, ec) ? tmpdir : "/tmp";
+    std::string tmpl = (root / "ferry-bench-tls-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
+    m_dir = tmpl;
+    try {
+      generate();
+    } catch (...) {
+      fs::remove_all(m_dir, ec);
+      throw;
+    }
+  }
+  CertDir(const CertDir&) = delete;
+  CertDir& operator=(const CertDir&) = delete;
+  ~CertDir() {
+    std::error_code ignored;
+    fs::remove_all(m_dir, ignored);
+  }
+  [[nodiscard]] const fs::path& path() const noexcept { return m_dir; }
+
+private:
+  static constexpr const char* kConfig = R"(# Generated by ferry-bench.
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+)";
+
+  static std::string read_text(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    if (!in)
+      throw std::runtime_error("cannot read " + p.string());
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  }
+  static void write_text(const fs::path& p, const std::string& text) {
+    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out)
+      throw std::runtime_error("cannot write " + p.string());
+  }
+
+  void generate() {
+    const fs::path config = m_dir / "openssl.cnf";
+    write_text(config, kConfig);
+    const char* program = std::getenv("FERRY_OPENSSL");
+    const std::string openssl = program != nullptr && *program != '\0' ? program : "openssl";
+    const auto make = [&](const std::string& key, const std::string& cert,
+                          const std::string& subject, const std::string& extensions,
+                          bool signed_by_ca) {
+      std::vector<std::string> args{"req",
+                                    "-x509",
+                                    "-new",
+                                    "-config",
+                                    config.string(),
+                                    "-newkey",
+                                    "ec",
+                                    "-pkeyopt",
+                                    "ec_paramgen_curve:P-256",
+                                    "-nodes",
+                                    "-keyout",
+                                    (m_dir / key).string(),
+                                    "-out",
+                                    (m_dir / cert).string(),
+                                    "-days",
+                                    "2",
+                                    "-subj",
+                                    subject,
+                                    "-extensions",
+                                    extensions};
+      if (signed_by_ca) {
+        args.insert(args.end(),
+                    {"-CA", (m_dir / "ca.pem").string(), "-CAkey", (m_dir / "ca.key").string()});
+      }
+      Process p({.name = "openssl",
+                 .program = openssl,
+                 .args = args,
+                 .merge_stderr = true,
+                 .search_path = true});
+      const auto deadline = Clock::now() + std::chrono::seconds(30);
+      const std::string output = p.read_all(deadline);
+      const int rc = p.wait(deadline);
+      if (rc != 0) {
+        throw std::runtime_error("openssl req (" + cert + ") failed with exit code " +
+                                 std::to_string(rc) + ": " + output);
+      }
+    };
+    make("ca.key", "ca.pem", "/CN=ferry-bench CA", "ca_ext", false);
+    make("server.key", "server.crt", "/CN=localhost", "server_ext", true);
+    write_text(m_dir / "server.pem", read_text(m_dir / "server.crt") + read_text(m_dir / "ca.pem"));
+    fs::permissions(m_dir / "server.key", fs::perms::owner_read | fs::perms::owner_write,
+                    fs::perm_options::replace);
+  }
+
+  fs::path m_dir;
+};
+
+/// The JSON after "result " in a line a role prints, or an error naming the process.
+json read_result(Process& p, Clock::time_point deadline) {
+  for (;;) {
+    const auto line = p.read_line(deadline);
+    if (!line) {
+      const int rc = p.wait(Clock::now() + std::chrono::seconds(10));
+      throw std::runtime_error(p.name() + " ended without a result (exit code " +
+                               std::to_string(rc) + ")");
+    }
+    if (line->rfind("result ", 0) == 0)
+      return json::parse(line->substr(7));
+    if (!line->empty() && line->front() == '{')
+      return json::parse(*line); // the Asio baseline
+  }
+}
+
+void expect_clean_exit(Process& p) {
+  const int rc = p.wait(Clock::now() + std::chrono::seconds(30));
+  if (rc != 0)
+    throw std::runtime_error(p.name() + " exited with code " + std::to_string(rc));
+}
+
+/// Waits for a put to be ready within timeout (borrowed payloads: acknowledged).
+void wait_ready(const PutHandle& h, nanoseconds timeout, Watchdog& watchdog) {
+  if (!h.wait_for(timeout)) {
+    throw std::runtime_error(
+        "a put was not acknowledged within " +
+        std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
+        " s while " + watchdog.phase());
+  }
+  watchdog.kick();
+}
+
+Message get_within(Communicator& comm, nanoseconds timeout, Watchdog& watchdog) {
+  std::optional<Message> m = comm.get_for(timeout);
+  if (!m) {
+    throw std::runtime_error(
+        "no message within " +
+        std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
+        " s while " + watchdog.phase());
+  }
+  watchdog.kick();
+  return std::move(*m);
+}
+
+// ---------------------------------------------------------------------------------------------
+// comm: the processes
+
+struct CommRoleArgs {
+  std::string transport = "tcp";
+  std::string endpoint; // client: the server's URL
+  std::string cert_dir;
+  std::size_t size = 0;
+  double seconds = 2;
+  bool pingpong = false;
+  std::uint64_t count = 0;
+  std::uint64_t warmup = 0;
+  unsigned workers = 1;
+  std::string payload = "borrowed";
+  int timeout = 30;
+};
+
+// Prints "listening <url>", then takes messages (streaming: counts them from the first to the
+// zero-length end marker; pingpong: echoes each) and answers the end marker with one of its
+// own, prints "result <json>" and closes once the answer is delivered.
+int comm_server_role(const CommRoleArgs& a) {
+  Watchdog watchdog("comm-server", std::chrono::seconds(a.timeout));
+  const nanoseconds timeout = std::chrono::seconds(a.timeout);
+  Options o;
+  o.endpoint = a.transport + "://127.0.0.1:0";
+  o.workers = a.workers;
+  if (a.transport == "tls") {
+    o.security.certificate = fs::path(a.cert_dir) / "server.pem";
+    o.security.key = fs::path(a.cert_dir) / "server.key";
+  }
+  watchdog.phase("opening the server");
+  Communicator server = ferry::open(Purpose::server, std::move(o));
+  std::printf("listening %s\n", server.local_endpoint().c_str());
+  std::fflush(stdout);
+
+  json r{{"role", "server"}};
+  PeerId peer;
+  watchdog.phase("waiting for the client's messages");
+  if (!a.pingpong) {
+    std::uint64_t messages = 0, bytes = 0;
+    Clock::time_point first{}, last{};
+    for (;;) {
+      Message m = get_within(server, timeout, watchdog);
+      if (m.data.empty()) {
+        last = Clock::now();
+        peer = m.peer;
+        break;
+      }
+      if (messages++ == 0)
+        first = Clock::now(); // no clock read per message
+      bytes += m.data.size();
+    }
+    const double secs = messages > 1 ? seconds_between(first, last) : 0.0;
+    const double per_s = secs > 0 ? 1.0 / secs : 0.0;
+    r["messages"] = messages;
+    r["bytes"] = bytes;
+    r["seconds"] = secs;
+    r["msgs_per_s"] = static_cast<double>(messages) * per_s;
+    r["bytes_per_s"] = static_cast<double>(bytes) * per_s;
+    r["gbit_per_s"] = static_cast<double>(bytes) * 8e-9 * per_s;
+  } else {
+    std::uint64_t echoed = 0;
+    for (;;) {
+      Message m = get_within(server, timeout, watchdog);
+      if (m.data.empty()) {
+        peer = m.peer;
+        break;
+      }
+      (void)server.put(std::move(m.data), m.peer); // the echo owns the received bytes: no copy
+      ++echoed;
+    }
+    r["messages"] = echoed;
+  }
+  std::printf("result %s\n", r.dump().c_str());
+  std::fflush(stdout);
+  watchdog.phase("answering the end marker");
+  const PutHandle done = server.put(Bytes{}, peer);
+  if (!done.wait_delivered_for(timeout))
+    throw std::runtime_error("comm-server: the end marker's answer was not delivered");
+  watchdog.phase("closing");
+  server.close();
+  return 0;
+}
+
+// Streams --size messages for --seconds with a bounded window of outstanding puts (or does
+// --warmup + --count round trips), sends the zero-length end marker, waits for the server's
+// answer and every put, prints "result <json>" and closes.
+int comm_client_role(const CommRoleArgs& a) {
+  Watchdog watchdog("comm-client", std::chrono::seconds(a.timeout));
+  const nanoseconds timeout = std::chrono::seconds(a.timeout);
+  // Declared before the communicator, so borrowed bytes outlive it.
+  std::vector<std::byte> buffer(a.size);
+  for (std::size_t i = 0; i < buffer.size(); ++i)
+    buffer[i] = static_cast<std::byte>(i * 31 + 7);
+  const std::span<const std::byte> bytes(buffer);
+  const bool owned = a.payload == "owned";
+  const auto payload = [&]() -> Payload {
+    return owned ? Payload(Bytes::copy_of(bytes)) : Payload::borrow(bytes);
+  };
+
+  Options o;
+  o.endpoint = a.endpoint;
+  o.workers = a.workers;
+  if (a.transport == "tls") {
+    o.security.ca = fs::path(a.cert_dir) / "ca.pem";
+    o.security.server_name = "localhost";
+  }
+  watchdog.phase("connecting");
+  Communicator client = ferry::open(Purpose::client, std::move(o));
+
+  json r{{"role", "client"}};
+  std::deque<PutHandle> window;
+  if (!a.pingpong) {
+    const std::size_t max_handles =
+        std::clamp<std::size_t>(kWindowBytes / a.size, 1, kWindowHandles);
+    const int check_every = a.size >= (std::size_t{64} << 10) ? 1 : 16; // clock reads cost ~20 ns
+    std::uint64_t sent = 0;
+    watchdog.phase("streaming");
+    const auto start = Clock::now();
+    const auto deadline = start + seconds_to_duration(a.seconds);
+    auto now = start;
+    do {
+      for (int i = 0; i < check_every; ++i) {
+        if (window.size() >= max_handles) {
+          // Full: wait for the oldest put, then drop every put done since (acknowledgements
+          // come in batches; one wake-up per batch, not per message).
+          wait_ready(window.front(), timeout, watchdog);
+          window.pop_front();
+          while (!window.empty() && window.front().ready()) {
+            wait_ready(window.front(), timeout, watchdog); // ready: reports a failed put
+            window.pop_front();
+          }
+        }
+        window.push_back(client.put(payload()));
+      }
+      sent += static_cast<std::uint64_t>(check_every);
+      now = Clock::now();
+    } while (now < deadline);
+    const double secs = seconds_between(start, now);
+    r["messages"] = sent;
+    r["seconds"] = secs;
+    r["window"] = max_handles;
+    r["put_msgs_per_s"] = static_cast<double>(sent) / secs;
+  } else {
+    std::vector<std::int64_t> rtt;
+    rtt.reserve(a.count);
+    watchdog.phase("in round trips");
+    for (std::uint64_t i = 0; i < a.warmup + a.count; ++i) {
+      const auto t0 = Clock::now();
+      (void)client.put(payload());
+      const Message reply = get_within(client, timeout, watchdog);
+      const auto t1 = Clock::now();
+      if (reply.data.size() != a.size) {
+        throw std::runtime_error("echo of " + std::to_string(reply.data.size()) +
+                                 " bytes, expected " + std::to_string(a.size));
+      }
+      if (i >= a.warmup)
+        rtt.push_back(std::chrono::duration_cast<nanoseconds>(t1 - t0).count());
+    }
+    std::sort(rtt.begin(), rtt.end());
+    double sum = 0;
+    for (const auto v : rtt)
+      sum += static_cast<double>(v);
+    r["count"] = a.count;
+    r["warmup"] = a.warmup;
+    r["p50_ns"] = percentile(rtt, 0.50);
+    r["p99_ns"] = percentile(rtt, 0.99);
+    r["mean_ns"] = sum / static_cast<double>(rtt.size());
+    r["min_ns"] = rtt.front();
+    r["max_ns"] = rtt.back();
+  }
+  watchdog.phase("waiting for the server's answer to the end marker");
+  window.push_back(client.put(Bytes{}));
+  const Message answer = get_within(client, timeout, watchdog);
+  if (!answer.data.empty())
+    throw std::runtime_error("comm-client: unexpected message after the last echo");
+  watchdog.phase("waiting for the last acknowledgements");
+  for (const PutHandle& h : window)
+    wait_ready(h, timeout, watchdog);
+  std::printf("result %s\n", r.dump().c_str());
+  std::fflush(stdout);
+  watchdog.phase("closing");
+  client.close();
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// comm: the driver
+
+struct CommArgs {
+  std::string transport = "tcp";
+  std::vector<std::string> sizes{"64"};
+  double seconds = 2;
+  std::vector<std::string> impls{"ferry"};
+  bool pingpong = false;
+  std::uint64_t count = 20'000;
+  std::uint64_t warmup = 0; // 0: count / 10, at least 1000
+  int reps = 3;
+  std::string pin = "auto";
+  unsigned workers = 1;
+  std::string payload = "borrowed";
+  std::size_t asio_batch = 1;
+  int timeout = 30;
+  bool json_out = false;
+};
+
+// How long a driver waits for a run's results: the run itself plus the processes' own
+// stall timeouts (their watchdogs end them first).
+Clock::time_point result_deadline(const CommArgs& a) {
+  const double run = a.pingpong ? static_cast<double>(a.count + a.warmup) * 1e-3 : a.seconds;
+  return Clock::now() + seconds_to_duration(run + 4.0 * a.timeout);
+}
+
+json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::path& cert_dir) {
+  std::vector<std::string> common{"--transport", a.transport,
+                                  "--size",      std::to_string(size),
+                                  "--workers",   std::to_string(a.workers),
+                                  "--timeout",   std::to_string(a.timeout)};
+  if (a.transport == "tls")
+    common.insert(common.end(), {"--cert-dir", cert_dir.string()});
+  if (a.pingpong) {
+    common.insert(common.end(), {"--pingpong", "--count", std::to_string(a.count), "--warmup",
+                                 std::to_string(a.warmup)});
+  }
+  std::vector<std::string> server_args{"comm-server"};
+  server_args.insert(server_args.end(), common.begin(), common.end());
+  Process server({.name = "the Ferry server process",
+                  .program = self_exe(),
+                  .args = server_args,
+                  .cpu = pin.b});
+  const auto listening = server.read_line(Clock::now() + std::chrono::seconds(a.timeout));
+  if (!listening || listening->rfind("listening ", 0) != 0) {
+    throw std::runtime_error("the Ferry server process failed to start" +
+                             (listening ? ": '" + *listening + "'" : std::string()));
+  }
+  std::vector<std::string> client_args{
+      "comm-client", "--endpoint", listening->substr(10), "--seconds", std::to_string(a.seconds),
+      "--payload",   a.payload};
+  client_args.insert(client_args.end(), common.begin(), common.end());
+  Process client({.name = "the Ferry client process",
+                  .program = self_exe(),
+                  .args = client_args,
+                  .cpu = pin.a});
+  const auto deadline = result_deadline(a);
+  const json c = read_result(client, deadline);
+  const json s = read_result(server, deadline);
+  expect_clean_exit(client);
+  expect_clean_exit(server);
+  json r;
+  if (a.pingpong) {
+    for (const char* k : {"p50_ns", "p99_ns", "mean_ns", "min_ns", "max_ns"})
+      r[k] = c[k];
+  } else {
+    if (c["messages"] != s["messages"]) {
+      throw std::runtime_error("the Ferry client sent " + c["messages"].dump() +
+                               " messages, the server got " + s["messages"].dump());
+    }
+    for (const char* k : {"msgs_per_s", "bytes_per_s", "gbit_per_s", "messages", "seconds"})
+      r[k] = s[k];
+  }
+  return r;
+}
+
+json run_asio(const CommArgs& a, std::size_t size, const Pin& pin, const fs::path& baseline,
+              const fs::path& cert_dir) {
+  std::vector<std::string> common{"--json", "--timeout", std::to_string(a.timeout)};
+  if (a.transport == "tls")
+    common.insert(common.end(), {"--tls", "--cert-dir", cert_dir.string()});
+  if (a.pingpong)
+    common.emplace_back("--pingpong");
+  std::vector<std::string> server_args{"server", "--port", "0"};
+  server_args.insert(server_args.end(), common.begin(), common.end());
+  Process server(
+      {.name = "the Asio baseline server", .program = baseline, .args = server_args, .cpu = pin.b});
+  const auto listening = server.read_line(Clock::now() + std::chrono::seconds(a.timeout));
+  if (!listening || listening->rfind("listening ", 0) != 0) {
+    throw std::runtime_error("the Asio baseline server failed to start" +
+                             (listening ? ": '" + *listening + "'" : std::string()));
+  }
+  std::vector<std::string> client_args{"client", "--port", listening->substr(10), "--size",
+                                       std::to_string(size)};
+  if (a.pingpong) {
+    client_args.insert(client_args.end(),
+                       {"--count", std::to_string(a.count), "--warmup", std::to_string(a.warmup)});
+  } else {
+    client_args.insert(client_args.end(), {"--seconds", std::to_string(a.seconds), "--batch",
+                                           std::to_string(a.asio_batch)});
+  }
+  client_args.insert(client_args.end(), common.begin(), common.end());
+  Process client(
+      {.name = "the Asio baseline client", .program = baseline, .args = client_args, .cpu = pin.a});
+  const auto deadline = result_deadline(a);
+  const json c = read_result(client, deadline);
+  const json s = read_result(server, deadline);
+  expect_clean_exit(client);
+  expect_clean_exit(server);
+  json r;
+  if (a.pingpong) {
+    for (const char* k : {"p50_ns", "p99_ns", "mean_ns", "min_ns", "max_ns"})
+      r[k] = c[k];
+  } else {
+    for (const char* k : {"msgs_per_s", "bytes_per_s", "gbit_per_s", "messages", "seconds"})
+      r[k] = s[k];
+  }
+  for (const char* k : {"tls_version", "tls_cipher"}) {
+    if (s.contains(k))
+      r[k] = s[k];
+  }
+  return r;
+}
+
+int comm_main(CommArgs a) {
+  if (a.warmup == 0)
+    a.warmup = std::max<std::uint64_t>(a.count / 10, 1000);
+  std::vector<std::size_t> sizes;
+  for (const auto& text : a.sizes) {
+    const std::size_t size = parse_size(text);
+    if (size == 0)
+      throw CLI::ValidationError("--size", "sizes must be at least 1 byte (0 is the end marker)");
+    if (size > (std::size_t{1} << 30))
+      throw CLI::ValidationError("--size", "sizes are limited to 1 GiB");
+    sizes.push_back(size);
+  }
+  const Pin pin = parse_pin(a.pin);
+  std::vector<std::string> impls;
+  for (const auto& impl : a.impls) {
+    if (std::find(impls.begin(), impls.end(), impl) == impls.end())
+      impls.push_back(impl);
+  }
+  const fs::path baseline = self_exe().parent_path() / "ferry-asio-baseline";
+  if (std::find(impls.begin(), impls.end(), "asio") != impls.end() &&
+      ::access(baseline.c_str(), X_OK) != 0) {
+    std::fprintf(
+        stderr,
+        "ferry-bench comm: skipping asio: %s not found (build the target ferry_asio_baseline)\n",
+        baseline.c_str());
+    impls.erase(std::find(impls.begin(), impls.end(), "asio"));
+  }
+  if (impls.empty())
+    throw std::runtime_error("comm: nothing left to run");
+  const bool with_asio = std::find(impls.begin(), impls.end(), "asio") != impls.end();
+  std::optional<CertDir> certs;
+  if (a.transport == "tls")
+    certs.emplace();
+  const fs::path cert_dir = certs ? certs->path() : fs::path();
+
+  if (!a.json_out) {
+    if (a.pingpong) {
+      std::printf("ferry-bench comm --pingpong: %s over loopback, %llu round trips timed after "
+                  "%llu warm-up, pin %s "
+                  "(client,server), %d run%s per size (median); Ferry: %s payloads, %u worker%s\n",
+                  a.transport.c_str(), static_cast<unsigned long long>(a.count),
+                  static_cast<unsigned long long>(a.warmup), pin_text(pin).c_str(), a.reps,
+                  a.reps == 1 ? "" : "s", a.payload.c_str(), a.workers, a.workers == 1 ? "" : "s");
+      std::printf("%10s %10s %10s %10s  %-6s %s\n", "size", "p50 us", "p99 us", "mean us", "impl",
+                  "");
+    } else {
+      std::printf("ferry-bench comm: %s streaming over loopback, pin %s (client,server), %d x %.1f "
+                  "s per size "
+                  "(median); Ferry: %s payloads, %u worker%s%s\n",
+                  a.transport.c_str(), pin_text(pin).c_str(), a.reps, a.seconds, a.payload.c_str(),
+                  a.workers, a.workers == 1 ? "" : "s",
+                  with_asio ? ("; asio: batch " + std::to_string(a.asio_batch)).c_str() : "");
+      std::printf("%10s %14s %10s %10s %7s  %-6s %s\n", "size", "msgs/s", "GB/s", "Gbit/s",
+                  "spread", "impl", "");
+    }
+    std::fflush(stdout);
+  }
+
+  for (const std::size_t size : sizes) {
+    std::vector<std::vector<json>> runs(impls.size());
+    for (int rep = 0; rep < a.reps; ++rep) {
+      for (std::size_t i = 0; i < impls.size(); ++i) { // alternate run by run
+        runs[i].push_back(impls[i] == "ferry" ? run_ferry(a, size, pin, cert_dir)
+                                              : run_asio(a, size, pin, baseline, cert_dir));
+      }
+    }
+    const auto med = [&](std::size_t i, const char* key) {
+      std::vector<double> v;
+      for (const json& r : runs[i])
+        v.push_back(r[key].get<double>());
+      return median(v);
+    };
+    const char* key = a.pingpong ? "p50_ns" : "msgs_per_s";
+    double asio_value = 0;
+    for (std::size_t i = 0; i < impls.size(); ++i) {
+      if (impls[i] == "asio")
+        asio_value = med(i, key);
+    }
+    for (std::size_t i = 0; i < impls.size(); ++i) {
+      const bool ferry_impl = impls[i] == "ferry";
+      const double ratio = ferry_impl && asio_value > 0 ? med(i, key) / asio_value : 0.0;
+      if (a.json_out) {
+        json j{{"bench", "comm"},
+               {"mode", a.pingpong ? "pingpong" : "stream"},
+               {"impl", impls[i]},
+               {"transport", a.transport},
+               {"size", size},
+               {"reps", a.reps},
+               {"pin", pin.a < 0 ? json(nullptr) : json::array({pin.a, pin.b})}};
+        if (a.pingpong) {
+          j["count"] = a.count;
+          j["warmup"] = a.warmup;
+          for (const char* k : {"p50_ns", "p99_ns", "mean_ns"})
+            j[k] = med(i, k);
+        } else {
+          j["seconds"] = a.seconds;
+          for (const char* k : {"msgs_per_s", "bytes_per_s", "gbit_per_s"})
+            j[k] = med(i, k);
+        }
+        if (ferry_impl) {
+          j["payload"] = a.payload;
+          j["workers"] = a.workers;
+          if (ratio > 0)
+            j["ratio_to_asio"] = ratio;
+        } else if (!a.pingpong) {
+          j["batch"] = a.asio_batch;
+        }
+        if (runs[i].front().contains("tls_cipher")) {
+          j["tls_version"] = runs[i].front()["tls_version"];
+          j["tls_cipher"] = runs[i].front()["tls_cipher"];
+        }
+        j["runs"] = runs[i];
+        std::printf("%s\n", j.dump().c_str());
+      } else {
+        char note[64] = "";
+        if (a.pingpong) {
+          if (ratio > 0)
+            std::snprintf(note, sizeof note, "p50 %.2fx asio's", ratio);
+          std::printf("%10s %10.1f %10.1f %10.1f  %-6s %s\n",
+                      human_bytes(static_cast<double>(size)).c_str(), med(i, "p50_ns") / 1e3,
+                      med(i, "p99_ns") / 1e3, med(i, "mean_ns") / 1e3, impls[i].c_str(), note);
+        } else {
+          if (ratio > 0)
+            std::snprintf(note, sizeof note, "%.1f%% of asio", 100 * ratio);
+          // (max - min) / median of the runs: how much to trust the median on a shared machine.
+          double lo = runs[i].front()["msgs_per_s"].get<double>(), hi = lo;
+          for (const json& r : runs[i]) {
+            lo = std::min(lo, r["msgs_per_s"].get<double>());
+            hi = std::max(hi, r["msgs_per_s"].get<double>());
+          }
+          std::printf("%10s %14.0f %10.3f %10.2f %6.0f%%  %-6s %s\n",
+                      human_bytes(static_cast<double>(size)).c_str(), med(i, "msgs_per_s"),
+                      med(i, "bytes_per_s") / 1e9, med(i, "gbit_per_s"),
+                      100 * (hi - lo) / med(i, "msgs_per_s"), impls[i].c_str(), note);
+        }
+      }
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// iops: net-queue's test/iops.py
+
+struct IopsArgs {
+  std::string transport;
+  std::string purpose;
+  std::string mode;
+  int min_size = 8;
+  int step_size = 2;
+  double step_expo = 0.5;
+  int max_size = 32;
+  int reps = 1;
+  int clients = 1;
+  std::string host = "127.0.0.1";
+  int port = 51966;
+  bool port_given = false;
+  bool secure = false;
+  std::string cert_dir;
+  unsigned workers = 1;
+  int timeout = 60;
+  bool json_out = false;
+  bool announce = false; // hidden: a server prints "listening <url>" first (pair)
+};
+
+/// iops.py's generate(): views of one buffer of 2**max_size bytes (0, 1, ..., 255, 0, ...):
+/// splits = round((2**max / 2**i) ** step_expo) messages of 2**i bytes for i in
+/// range(min, max, step) when step > 0, then the whole buffer; the list times reps, shuffled
+/// with a fixed seed (std::mt19937(0): both sides draw the same order).
+struct MessageList {
+  std::unique_ptr<std::byte[]> buffer;
+  std::size_t buffer_size = 0;
+  std::vector<std::size_t> sizes;
+  [[nodiscard]] std::span<const std::byte> message(std::size_t i) const {
+    return {buffer.get(), sizes[i]};
+  }
+  [[nodiscard]] std::uint64_t total() const {
+    std::uint64_t t = 0;
+    for (const auto s : sizes)
+      t += s;
+    return t;
+  }
+};
+
+MessageList generate(const IopsArgs& a) {
+  MessageList list;
+  list.buffer_size = std::size_t{1} << a.max_size;
+  list.buffer = std::make_unique_for_overwrite<std::byte[]>(list.buffer_size);
+  for (std::size_t i = 0; i < list.buffer_size; ++i)
+    list.buffer[i] = static_cast<std::byte>(i);
+  std::vector<std::size_t> once;
+  if (a.step_size > 0) {
+    for (int i = a.min_size; i < a.max_size; i += a.step_size) {
+      // Python's round(): to nearest, ties to even, as nearbyint in the default rounding mode.
+      const double splits = std::nearbyint(std::pow(std::ldexp(1.0, a.max_size - i), a.step_expo));
+      for (double j = 0; j < splits; ++j)
+        once.push_back(std::size_t{1} << i);
+    }
+  }
+  once.push_back(list.buffer_size);
+  list.sizes.reserve(once.size() * static_cast<std::size_t>(a.reps));
+  for (int r = 0; r < a.reps; ++r)
+    list.sizes.insert(list.sizes.end(), once.begin(), once.end());
+  std::mt19937 rng(0);
+  std::shuffle(list.sizes.begin(), list.sizes.end(), rng);
+  return list;
+}
+
+Options iops_options(const IopsArgs& a, Purpose purpose, std::size_t max_message) {
+  Options o;
+  const std::string host =
+      a.host.find(':') != std::string::npos && a.host.front() != '[' ? "[" + a.host + "]" : a.host;
+  o.endpoint = std::string(a.secure ? "tls" : "tcp") + "://" + host + ":" + std::to_string(a.port);
+  o.workers = a.workers;
+  o.connection.message_size = std::max(o.connection.message_size, max_message);
+  o.connection.connect_timeout = std::chrono::seconds(a.timeout);
+  if (a.secure && !a.cert_dir.empty()) {
+    if (purpose == Purpose::server) {
+      o.security.certificate = fs::path(a.cert_dir) / "server.pem";
+      o.security.key = fs::path(a.cert_dir) / "server.key";
+    } else {
+      o.security.ca = fs::path(a.cert_dir) / "ca.pem";
+    }
+  }
+  return o;
+}
+
+/// Puts borrowed views and keeps every handle. When a peer's send queue is full
+/// (Errc::would_block: Ferry's queues are bounded, net-queue's are not) it waits for the oldest
+/// pending put and retries for the peers that refused. Thread: one putting thread.
+class Putter {
+public:
+  Putter(Communicator& comm, Watchdog& watchdog, nanoseconds timeout)
+      : m_comm(comm), m_watchdog(watchdog), m_timeout(timeout) {}
+
+  /// To the default peers (a client: its server; a server: every client).
+  void put(std::span<const std::byte> bytes) {
+    std::vector<PeerId> peers; // empty: the default peers
+    for (;;) {
+      PutHandle h = m_comm.put(Payload::borrow(bytes), peers);
+      const std::vector<PeerError> errors = h.errors();
+      if (errors.empty()) {
+        m_handles.push_back({std::move(h), false});
+        return;
+      }
+      std::vector<PeerId> refused;
+      for (const PeerError& e : errors) {
+        if (e.error != make_error_code(Errc::would_block)) {
+          throw Error(Errc::system, "put to " + e.peer.to_string() + ": " + e.error.message());
+        }
+        refused.push_back(e.peer);
+      }
+      if (refused.size() < h.peers().size())
+        m_handles.push_back({std::move(h), true}); // others took it
+      peers = std::move(refused);
+      if (!wait_next())
+        throw Error(Errc::would_block, "put refused (queue full) with no put pending");
+    }
+  }
+
+  /// Waits for every put (borrowed payloads: until acknowledged).
+  void finish() {
+    while (wait_next()) {
+    }
+  }
+
+private:
+  struct Entry {
+    PutHandle handle;
+    bool partial; // some peers refused it with would_block and got it again later
+  };
+
+  bool wait_next() {
+    if (m_waited == m_handles.size())
+      return false;
+    const Entry& e = m_handles[m_waited++];
+    try {
+      wait_ready(e.handle, m_timeout, m_watchdog);
+    } catch (const Error&) {
+      if (!e.partial)
+        throw;
+      for (const PeerError& pe : e.handle.errors()) {
+        if (pe.error != make_error_code(Errc::would_block))
+          throw;
+      }
+    }
+    return true;
+  }
+
+  Communicator& m_comm;
+  Watchdog& m_watchdog;
+  nanoseconds m_timeout;
+  std::vector<Entry> m_handles;
+  std::size_t m_waited = 0;
+};
+
+// Runs put_all and get_all in two threads (iops.py's async mode); rethrows the first failure.
+void run_both(const std::function<void()>& put_all, const std::function<void()>& get_all) {
+  std::exception_ptr put_error, get_error;
+  std::thread getter([&] {
+    try {
+      get_all();
+    } catch (...) {
+      get_error = std::current_exception();
+    }
+  });
+  try {
+    put_all();
+  } catch (...) {
+    put_error = std::current_exception();
+  }
+  getter.join();
+  if (put_error)
+    std::rethrow_exception(put_error);
+  if (get_error)
+    std::rethrow_exception(get_error);
+}
+
+/// iops.py's print_stats over both directions: ops = 2 * messages, bytes = 2 * their sizes.
+json iops_result(const IopsArgs& a, const char* purpose, std::uint64_t messages,
+                 std::uint64_t bytes, double secs, double close_secs) {
+  const std::uint64_t ops = 2 * messages;
+  const std::uint64_t transfer = 2 * bytes;
+  return json{{"bench", "iops"},
+              {"purpose", purpose},
+              {"mode", a.mode},
+              {"transport", a.secure ? "tls" : "tcp"},
+              {"seconds", secs},
+              {"close_seconds", close_secs},
+              {"transfer_bytes", transfer},
+              {"gbit_per_s", static_cast<double>(transfer) * 8e-9 / secs},
+              {"ops", ops},
+              {"iops", static_cast<double>(ops) / secs},
+              {"peak_rss_mib", peak_rss_mib()},
+              {"messages", messages},
+              {"clients", a.clients},
+              {"reps", a.reps},
+              {"min_size", a.min_size},
+              {"step_size", a.step_size},
+              {"step_expo", a.step_expo},
+              {"max_size", a.max_size},
+              {"workers", a.workers}};
+}
+
+// iops.py's convert_size(): SI suffixes, the value rounded to 2 decimals and printed the way
+// Python prints a float (17.18, 1.5, 2.0).
+std::string si(double units) {
+  static const char* names[] = {"", "K", "M", "G", "T", "P", "E", "Z", "Y"};
+  if (units <= 0)
+    return "0";
+  const int i = std::clamp(static_cast<int>(std::log(units) / std::log(1000.0)), 0, 8);
+  const double s = std::round(units / std::pow(1000.0, i) * 100) / 100;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f", s);
+  std::string text = buf;
+  while (text.size() > 1 && text.back() == '0' && text[text.size() - 2] != '.')
+    text.pop_back();
+  return text + names[i];
+}
+
+void print_iops_human(const json& r) {
+  const double secs = r["seconds"].get<double>();
+  const auto ops = r["ops"].get<double>();
+  const auto bytes = r["transfer_bytes"].get<double>();
+  char rate[32];
+  std::snprintf(rate, sizeof rate, "%5s", si(bytes * 8 / secs).c_str());
+  std::printf("Time:       %.1fs\n", secs);
+  std::printf("Data:       %s ~ %sB\n", si(ops).c_str(), si(bytes / ops).c_str());
+  std::printf("Transfer:   %sB @ %sbps\n", si(bytes).c_str(), rate);
+  std::printf("Operations: %s @ %sIOPS\n", si(ops).c_str(), si(ops / secs).c_str());
+  std::printf("Peak memory: %.1f MiB\n", r["peak_rss_mib"].get<double>());
+}
+
+void emit_iops(const IopsArgs& a, const json& r) {
+  if (a.json_out) {
+    std::printf("%s\n", r.dump().c_str());
+  } else {
+    print_iops_human(r);
+  }
+  std::fflush(stdout);
+}
+
+int iops_server(const IopsArgs& a) {
+  const MessageList list = generate(a);
+  Watchdog watchdog("iops server", std::chrono::seconds(a.timeout));
+  const nanoseconds timeout = std::chrono::seconds(a.timeout);
+  watchdog.phase("opening the server");
+  Communicator server =
+      ferry::open(Purpose::server, iops_options(a, Purpose::server, list.buffer_size));
+  if (a.announce) {
+    std::printf("listening %s\n", server.local_endpoint().c_str());
+    std::fflush(stdout);
+  } else {
+    std::fprintf(stderr, "ferry-bench iops: listening on %s for %d client%s\n",
+                 server.local_endpoint().c_str(), a.clients, a.clients == 1 ? "" : "s");
+  }
+  watchdog.phase("waiting for every client's hello");
+  for (int c = 0; c < a.clients; ++c)
+    (void)get_within(server, timeout, watchdog);
+  Putter putter(server, watchdog, timeout);
+  putter.put({}); // the start signal, to every client
+  const auto start = Clock::now();
+
+  const std::uint64_t expected = list.sizes.size() * static_cast<std::uint64_t>(a.clients);
+  std::uint64_t got_bytes = 0;
+  const auto get_all = [&] {
+    for (std::uint64_t i = 0; i < expected; ++i)
+      got_bytes += get_within(server, timeout, watchdog).data.size();
+  };
+  const auto put_all = [&] {
+    for (std::size_t i = 0; i < list.sizes.size(); ++i)
+      putter.put(list.message(i));
+    putter.finish();
+  };
+  if (a.mode == "sync") {
+    watchdog.phase("getting every message");
+    get_all();
+    watchdog.phase("putting every message");
+    put_all();
+  } else {
+    watchdog.phase("putting and getting");
+    run_both(put_all, get_all);
+  }
+  const auto done = Clock::now();
+  watchdog.phase("closing");
+  server.close();
+  const auto end = Clock::now();
+  if (got_bytes != list.total() * static_cast<std::uint64_t>(a.clients)) {
+    throw std::runtime_error("iops server: received " + std::to_string(got_bytes) +
+                             " bytes, expected " +
+                             std::to_string(list.total() * static_cast<std::uint64_t>(a.clients)) +
+                             " (do both sides use the same options?)");
+  }
+  emit_iops(a,
+            iops_result(a, "server", expected, list.total() * static_cast<std::uint64_t>(a.clients),
+                        seconds_between(start, end), seconds_between(done, end)));
+  return 0;
+}
+
+int iops_client(const IopsArgs& a) {
+  const MessageList list = generate(a);
+  Watchdog watchdog("iops client", std::chrono::seconds(a.timeout));
+  const nanoseconds timeout = std::chrono::seconds(a.timeout);
+  watchdog.phase("connecting");
+  Communicator client =
+      ferry::open(Purpose::client, iops_options(a, Purpose::client, list.buffer_size));
+  Putter putter(client, watchdog, timeout);
+  watchdog.phase("waiting for the server's start signal");
+  putter.put({}); // hello
+  (void)get_within(client, timeout, watchdog);
+  const auto start = Clock::now();
+
+  const auto get_all = [&] {
+    for (std::size_t i = 0; i < list.sizes.size(); ++i) {
+      const Message m = get_within(client, timeout, watchdog);
+      if (m.data.size() != list.sizes[i]) {
+        throw std::runtime_error("iops client: message " + std::to_string(i) + " has " +
+                                 std::to_string(m.data.size()) + " bytes, expected " +
+                                 std::to_string(list.sizes[i]) +
+                                 " (do both sides use the same options?)");
+      }
+    }
+  };
+  const auto put_all = [&] {
+    for (std::size_t i = 0; i < list.sizes.size(); ++i)
+      putter.put(list.message(i));
+  };
+  if (a.mode == "sync") {
+    watchdog.phase("putting every message");
+    put_all();
+    watchdog.phase("getting every message");
+    get_all();
+    watchdog.phase("waiting for the last acknowledgements");
+    putter.finish();
+  } else {
+    watchdog.phase("putting and getting");
+    run_both(
+        [&] {
+          put_all();
+          putter.finish();
+        },
+        get_all);
+  }
+  const auto done = Clock::now();
+  watchdog.phase("closing");
+  client.close();
+  const auto end = Clock::now();
+  emit_iops(a, iops_result(a, "client", list.sizes.size(), list.total(),
+                           seconds_between(start, end), seconds_between(done, end)));
+  return 0;
+}
+
+std::vector<std::string> iops_role_args(const IopsArgs& a, const std::string& purpose, int port,
+                                        const std::string& cert_dir) {
+  char expo[32];
+  std::snprintf(expo, sizeof expo, "%.17g", a.step_expo);
+  std::vector<std::string> args{"iops",        "tcp",
+                                purpose,       a.mode,
+                                "--min-size",  std::to_string(a.min_size),
+                                "--step-size", std::to_string(a.step_size),
+                                "--step-expo", expo,
+                                "--max-size",  std::to_string(a.max_size),
+                                "--reps",      std::to_string(a.reps),
+                                "--clients",   std::to_string(a.clients),
+                                "--host",      a.host,
+                                "--port",      std::to_string(port),
+                                "--workers",   std::to_string(a.workers),
+                                "--timeout",   std::to_string(a.timeout),
+                                "--json"};
+  if (a.secure)
+    args.insert(args.end(), {"--secure", "--cert-dir", cert_dir});
+  return args;
+}
+
+// pair: one server and --clients client processes of this binary; every side's result.
+int iops_pair(const IopsArgs& a) {
+  std::optional<CertDir> certs;
+  std::string cert_dir = a.cert_dir;
+  if (a.secure && cert_dir.empty()) {
+    certs.emplace();
+    cert_dir = certs->path().string();
+  }
+  std::vector<std::string> server_args =
+      iops_role_args(a, "server", a.port_given ? a.port : 0, cert_dir);
+  server_args.emplace_back("--announce");
+  Process server({.name = "the iops server process", .program = self_exe(), .args = server_args});
+  // The server allocates and fills a buffer of 2**max_size bytes before it listens.
+  const auto listening = server.read_line(Clock::now() + std::chrono::seconds(a.timeout) * 4);
+  if (!listening || listening->rfind("listening ", 0) != 0) {
+    throw std::runtime_error("the iops server process failed to start" +
+                             (listening ? ": '" + *listening + "'" : std::string()));
+  }
+  const int port = std::stoi(listening->substr(listening->rfind(':') + 1));
+  std::vector<std::unique_ptr<Process>> clients;
+  for (int c = 0; c < a.clients; ++c) {
+    clients.push_back(std::make_unique<Process>(
+        Process::Spec{.name = "iops client process " + std::to_string(c + 1),
+                      .program = self_exe(),
+                      .args = iops_role_args(a, "client", port, cert_dir)}));
+  }
+  // No deadline of our own: every side ends itself when nothing moves for --timeout seconds.
+  std::vector<json> results;
+  results.push_back(read_result(server, Clock::time_point::max()));
+  results.back()["side"] = "server";
+  for (int c = 0; c < a.clients; ++c) {
+    results.push_back(read_result(*clients[static_cast<std::size_t>(c)], Clock::time_point::max()));
+    results.back()["side"] = "client " + std::to_string(c + 1);
+  }
+  expect_clean_exit(server);
+  for (auto& c : clients)
+    expect_clean_exit(*c);
+  if (!a.json_out) {
+    std::printf(
+        "ferry-bench iops: %s pair %s, %d client%s, %llu messages per client and direction\n",
+        a.secure ? "tls" : "tcp", a.mode.c_str(), a.clients, a.clients == 1 ? "" : "s",
+        results.back()["messages"].get<unsigned long long>());
+  }
+  for (const json& r : results) {
+    if (a.json_out) {
+      std::printf("%s\n", r.dump().c_str());
+    } else {
+      std::printf("%s:\n", r["side"].get<std::string>().c_str());
+      print_iops_human(r);
+    }
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+int iops_main(IopsArgs a) {
+  if (a.transport == "tls")
+    a.secure = true;
+  if (a.min_size < 0 || a.max_size < a.min_size || a.max_size > 40) {
+    throw CLI::ValidationError("--max-size", "needs 0 <= --min-size <= --max-size <= 40");
+  }
+  if (a.step_size < 0)
+    throw CLI::ValidationError("--step-size", "must be >= 0 (0: only the largest message)");
+  if (a.secure && a.cert_dir.empty() && a.purpose != "pair") {
+    throw CLI::ValidationError(
+        "--cert-dir",
+        "a secure server or client needs --cert-dir (ca.pem, server.pem, server.key)");
+  }
+  if (a.purpose == "pair")
+    return iops_pair(a);
+  if (a.purpose == "server")
+    return iops_server(a);
+  return iops_client(a);
+}
+
+} // namespace
+
+std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
+  auto comm = std::make_shared<CommArgs>();
+  auto* comm_cmd = app.add_subcommand("comm", "the Communicator over tcp/tls between two "
+                                              "processes: streaming or round trips, vs plain Asio");
+  comm_cmd->add_option("--transport", comm->transport, "tcp | tls")
+      ->check(CLI::IsMember({"tcp", "tls"}))
+      ->capture_default_str();
+  comm_cmd->add_option("--size", comm->sizes, "message size(s), e.g. 64 or 64,1K,64K,2M")
+      ->delimiter(',')
+      ->capture_default_str();
+  comm_cmd->add_option("--seconds", comm->seconds, "seconds of streaming per run")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  comm_cmd
+      ->add_option("--impl", comm->impls,
+                   "ferry | asio (ferry-asio-baseline, next to this binary); a list runs each, "
+                   "alternating run by run")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"ferry", "asio"}))
+      ->capture_default_str();
+  comm_cmd->add_flag("--pingpong", comm->pingpong,
+                     "round trips (the server echoes) instead of streaming");
+  comm_cmd->add_option("--count", comm->count, "timed round trips (--pingpong)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  comm_cmd->add_option("--warmup", comm->warmup,
+                       "untimed round trips first (default: count/10, at least 1000)");
+  comm_cmd->add_option("--reps", comm->reps, "runs per size and impl; the median is reported")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  comm_cmd->add_option("--pin", comm->pin, "A,B: client process on CPU A, server on B; auto; none")
+      ->capture_default_str();
+  comm_cmd->add_option("--workers", comm->workers, "Ferry's I/O threads per process")
+      ->check(CLI::Range(1u, 256u))
+      ->capture_default_str();
+  comm_cmd
+      ->add_option(
+          "--payload", comm->payload,
+          "borrowed (Payload::borrow of one buffer, zero-copy) | owned (a new Bytes copy per put)")
+      ->check(CLI::IsMember({"borrowed", "owned"}))
+      ->capture_default_str();
+  comm_cmd
+      ->add_option("--asio-batch", comm->asio_batch,
+                   "messages per write of the Asio baseline client")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{4096}))
+      ->capture_default_str();
+  comm_cmd
+      ->add_option("--timeout", comm->timeout,
+                   "a process that makes no progress for this many seconds fails")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  comm_cmd->add_flag("--json", comm->json_out, "one JSON object per line (per size and impl)");
+
+  auto role = std::make_shared<CommRoleArgs>();
+  auto* server_cmd = app.add_subcommand("comm-server")->group("");
+  auto* client_cmd = app.add_subcommand("comm-client")->group("");
+  for (auto* cmd : {server_cmd, client_cmd}) {
+    cmd->add_option("--transport", role->transport);
+    cmd->add_option("--cert-dir", role->cert_dir);
+    cmd->add_option("--size", role->size)->required();
+    cmd->add_flag("--pingpong", role->pingpong);
+    cmd->add_option("--count", role->count);
+    cmd->add_option("--warmup", role->warmup);
+    cmd->add_option("--workers", role->workers);
+    cmd->add_option("--timeout", role->timeout);
+  }
+  client_cmd->add_option("--endpoint", role->endpoint)->required();
+  client_cmd->add_option("--seconds", role->seconds);
+  client_cmd->add_option("--payload", role->payload);
+
+  auto iops = std::make_shared<IopsArgs>();
+  auto* iops_cmd =
+      app.add_subcommand("iops", "net-queue's IOPS test (test/iops.py) over the Communicator");
+  iops_cmd->add_option("transport", iops->transport, "tcp | tls (tls = tcp --secure)")
+      ->required()
+      ->check(CLI::IsMember({"tcp", "tls"}));
+  iops_cmd
+      ->add_option("purpose", iops->purpose,
+                   "server | client | pair (this tool starts one server and --clients clients, and "
+                   "prints every side)")
+      ->required()
+      ->check(CLI::IsMember({"server", "client", "pair"}));
+  iops_cmd
+      ->add_option("mode", iops->mode,
+                   "sync (put every message, then get) | async (put and get in two threads)")
+      ->required()
+      ->check(CLI::IsMember({"sync", "async"}));
+  iops_cmd->add_option("--min-size", iops->min_size, "exponent of the smallest message size")
+      ->capture_default_str();
+  iops_cmd
+      ->add_option("--step-size", iops->step_size,
+                   "exponent step between message sizes (0: only the largest)")
+      ->capture_default_str();
+  iops_cmd
+      ->add_option("--step-expo", iops->step_expo,
+                   "exponent of the number of splits when stepping a size down")
+      ->capture_default_str();
+  iops_cmd
+      ->add_option("--max-size", iops->max_size,
+                   "exponent of the largest message (and of the buffer: 32 = 4 GiB)")
+      ->capture_default_str();
+  iops_cmd->add_option("--reps", iops->reps, "repetitions of the message list")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  iops_cmd->add_option("--clients", iops->clients, "clients the server expects (pair: starts)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  iops_cmd->add_option("--host", iops->host, "address to listen on / connect to")
+      ->capture_default_str();
+  auto* port_opt = iops_cmd->add_option("--port", iops->port, "TCP port (pair: default a free one)")
+                       ->check(CLI::Range(0, 65535))
+                       ->capture_default_str();
+  iops_cmd->add_flag("--secure", iops->secure, "TLS (as transport tls)");
+  iops_cmd
+      ->add_option("--cert-dir", iops->cert_dir,
+                   "TLS material: ca.pem (client), server.pem and server.key (server); pair: "
+                   "generated if absent")
+      ->check(CLI::ExistingDirectory);
+  iops_cmd->add_option("--workers", iops->workers, "Ferry's I/O threads")
+      ->check(CLI::Range(1u, 256u))
+      ->capture_default_str();
+  iops_cmd
+      ->add_option("--timeout", iops->timeout,
+                   "a side that makes no progress for this many seconds fails")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  iops_cmd->add_flag("--json", iops->json_out, "one JSON object per line (per side)");
+  iops_cmd->add_flag("--announce", iops->announce)->group("");
+
+  return [=]() -> std::optional<int> {
+    if (comm_cmd->parsed())
+      return comm_main(*comm);
+    if (server_cmd->parsed())
+      return comm_server_role(*role);
+    if (client_cmd->parsed())
+      return comm_client_role(*role);
+    if (iops_cmd->parsed()) {
+      IopsArgs a = *iops;
+      a.port_given = port_opt->count() > 0;
+      return iops_main(std::move(a));
+    }
+    return std::nullopt;
+  };
+}
+
+} // namespace ferry::bench
