@@ -155,10 +155,10 @@ std::optional<Message> CommunicatorImpl::pop_locked(std::unique_lock<std::mutex>
 }
 
 void CommunicatorImpl::throw_if_done_locked() const {
-  if (m_stopped) throw Error(Errc::closed, "get: communicator closed");
+  if (m_stopped) throw Error(Errc::closed, "get");
   if (m_terminal) {
     const Errc e = m_terminal.category() == error_category() ? static_cast<Errc>(m_terminal.value()) : Errc::peer_lost;
-    throw Error(e, "get: session with the server ended: " + m_terminal.message());
+    throw Error(e, "get: the session with the server ended");
   }
 }
 

@@ -90,11 +90,11 @@ void throw_first_error(const detail::PutState& state) {
   const PeerError& first = errors.front();
   std::string what = "put to " + first.peer.to_string();
   if (errors.size() > 1) what += " (and " + std::to_string(errors.size() - 1) + " more peers)";
-  what += ": " + first.error.message();
+  // Error appends the code's message itself.
   if (first.error.category() == error_category()) {
     throw Error(static_cast<Errc>(first.error.value()), what);
   }
-  throw Error(Errc::system, what);
+  throw Error(Errc::system, what + ": " + first.error.message());
 }
 
 }  // namespace
