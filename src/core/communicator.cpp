@@ -112,7 +112,9 @@ PutHandle CommunicatorImpl::put(Payload payload, std::span<const PeerId> peers) 
   return PutHandle(std::move(state));
 }
 
-bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes message) {
+void CommunicatorImpl::wake_getters() { m_rx_cv.notify_all(); }
+
+bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes message, bool notify) {
   const std::size_t size = message.size();
   bool keep_reading = true;
   {
@@ -127,7 +129,7 @@ bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes me
       keep_reading = false;
     }
   }
-  m_rx_cv.notify_one();
+  if (notify) m_rx_cv.notify_one();
   session->delivered_one(size);
   return keep_reading;
 }

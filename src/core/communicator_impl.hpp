@@ -62,7 +62,10 @@ class CommunicatorImpl {
   void reconnect_failed(std::error_code why);
   /// A complete message from session's peer. Returns false when the peer's receive queue is
   /// full: the reader must pause until its link's resume_reading().
-  [[nodiscard]] bool deliver(const std::shared_ptr<Session>& session, Bytes message);
+  /// notify false: the caller delivers a batch and calls wake_getters() once after it.
+  [[nodiscard]] bool deliver(const std::shared_ptr<Session>& session, Bytes message, bool notify = true);
+  /// Wakes get() callers after deliver(..., false).
+  void wake_getters();
   /// A frame header this side is configured to accept.
   [[nodiscard]] std::uint32_t max_chunk() const noexcept;
 

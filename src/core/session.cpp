@@ -88,6 +88,8 @@ Errc Session::attach(const std::shared_ptr<Link>& link, const framing::Hello& pe
     m_conn_acked = 0;
     m_conn_received = 0;
     m_ack_due = false;
+    m_acked_delivered = m_next_expected - 1;
+    m_acked_received = 0;
     m_link = link;
     m_state = State::live;
     ++m_connects;
@@ -102,11 +104,15 @@ Errc Session::attach(const std::shared_ptr<Link>& link, const framing::Hello& pe
 bool Session::fill(framing::Batch& batch, WriteRecord& record, bool keepalive) {
   const std::lock_guard lock(m_mutex);
   if (m_state != State::live) return false;
-  if (m_ack_due) {
+  // An ack when one is due, or riding along with data when the peer's view is stale.
+  const bool stale = m_next_expected - 1 != m_acked_delivered || m_conn_received != m_acked_received;
+  if (m_ack_due || (stale && m_cursor < m_out.size())) {
     batch.add(framing::FrameHeader{framing::FrameType::ack, 0, m_next_expected - 1,
                                    m_conn_received, 0},
               {});
     m_ack_due = false;
+    m_acked_delivered = m_next_expected - 1;
+    m_acked_received = m_conn_received;
   }
   const std::uint64_t chunk_limit =
       std::min<std::uint64_t>(m_peer_max_chunk, std::max<std::size_t>(m_options.transport_size, 1));

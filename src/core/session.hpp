@@ -138,6 +138,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::uint64_t m_next_expected = 1;
   std::uint64_t m_conn_received = 0;
   bool m_ack_due = false;
+  std::uint64_t m_acked_delivered = 0;  // what our last ack frame said
+  std::uint64_t m_acked_received = 0;
   // Close handshake.
   bool m_close_due = false;   // send a close frame once the data is out
   bool m_close_sent = false;

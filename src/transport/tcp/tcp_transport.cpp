@@ -141,6 +141,8 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   void read_more();
   void on_read(const error_code& ec, std::size_t n, bool direct);
   void process();
+  /// After a read round: wake get() once, account received bytes, acknowledge if due.
+  void end_round();
   void do_write();
   void on_tick();
   void fail(Errc errc, const std::string& what);
@@ -173,7 +175,9 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   bool m_paused = false;
   framing::Reassembler m_reassembler;
   std::uint64_t m_round_bytes = 0;    // payload bytes taken in this read round
-  bool m_round_progress = false;      // a message, chunk or ack arrived in this round
+  bool m_round_progress = false;      // a data frame arrived in this round
+  bool m_round_delivered = false;     // a message went to the receive queue in this round
+  std::uint64_t m_unacked_bytes = 0;  // payload bytes received since the last ack request
   Clock::time_point m_last_rx{};
 
   // Writer.
@@ -491,13 +495,30 @@ void Connection::on_read(const error_code& ec, std::size_t n, bool direct) {
   }
   process();
   if (m_failed) return;
-  if (m_round_progress) {
-    if (m_round_bytes) m_session->received_bytes(m_round_bytes);
-    m_session->ack_due();
-    m_round_bytes = 0;
-    m_round_progress = false;
-  }
+  end_round();
   read_more();
+}
+
+void Connection::end_round() {
+  if (m_round_delivered) {
+    m_round_delivered = false;
+    m_owner.wake_getters();  // once per read, not once per message
+  }
+  if (!m_round_progress) return;
+  if (m_round_bytes) m_session->received_bytes(m_round_bytes);
+  m_unacked_bytes += m_round_bytes;
+  m_round_bytes = 0;
+  m_round_progress = false;
+  // Acknowledge when the stream pauses (nothing buffered or pending in the socket), when we
+  // stop reading, or every quarter window: one ack per burst instead of one per read. Acks
+  // also ride along with outgoing data (Session::fill).
+  error_code ec;
+  const bool idle = m_rbegin == m_rend && m_stream.socket().available(ec) == 0;
+  const std::uint64_t every = std::min<std::uint64_t>(m_transport.conn().send_window / 4, std::uint64_t{4} << 20);
+  if (idle || m_paused || m_unacked_bytes >= every) {
+    m_unacked_bytes = 0;
+    m_session->ack_due();
+  }
 }
 
 void Connection::process() {
@@ -515,7 +536,8 @@ void Connection::process() {
       if (!m_reassembler.chunk_done()) return;  // read more of it
       m_in_payload = false;
       if (m_reassembler.message_done()) {
-        if (!m_owner.deliver(m_session, m_reassembler.take())) {
+        m_round_delivered = true;
+        if (!m_owner.deliver(m_session, m_reassembler.take(), false)) {
           m_paused = true;
           return;
         }
@@ -556,12 +578,7 @@ void Connection::resume_reading() {
     self->m_last_rx = Clock::now();
     self->process();
     if (self->m_failed) return;
-    if (self->m_round_progress) {
-      if (self->m_round_bytes) self->m_session->received_bytes(self->m_round_bytes);
-      self->m_session->ack_due();
-      self->m_round_bytes = 0;
-      self->m_round_progress = false;
-    }
+    self->end_round();
     self->read_more();
   });
 }
