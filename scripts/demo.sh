@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The main job: installs what is missing, builds Ferry, and shows what it does with figures
-# measured on this machine. Today: the shared-memory ring between two processes (one-way
-# throughput table and round trips); later issues add Communicator messaging, local and remote.
+# measured on this machine: the shared-memory ring between two processes (one-way throughput
+# and round trips), and messaging through the Communicator between two processes over TCP and
+# TLS on loopback, next to a plain Boost.Asio sender/receiver run in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 
 # Same configuration as scripts/test.sh, so the two commands share one build.
 cmake -S . -B build -G Ninja -DFERRY_WARNINGS_AS_ERRORS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target ferry_bench_tool >/dev/null
+cmake --build build -j"$(nproc)" --target ferry_bench_tool ferry_asio_baseline ferry_cli >/dev/null
 bench=build/bin/ferry-bench
 seconds=${FERRY_DEMO_SECONDS:-1}
 reps=${FERRY_DEMO_REPS:-3}
@@ -40,6 +41,31 @@ echo "== Round trips of 64 B messages"
 "$bench" ring-pingpong --size 64 --count 5000 --wait spin --echo-wait sleep --interval-us 200
 echo "-- the machine's floor for a sleeping waiter: a bare futex wake-up, no ring"
 "$bench" futex-pingpong --count 5000 --interval-us 200
+
+echo
+echo "== Messaging through the Communicator: a server and a client process on loopback"
+echo "-- hello over the command-line tool (ferry recv / ferry send)"
+log=$(mktemp)
+build/bin/ferry recv tcp://127.0.0.1:0 --count 2 2>"$log" &
+recv_pid=$!
+for _ in $(seq 100); do grep -q listening "$log" && break; sleep 0.05; done
+url=$(awk '/listening/{print $2}' "$log")
+build/bin/ferry send "$url" "hello from ferry send"
+echo "and a second line from stdin" | build/bin/ferry send "$url" -
+wait "$recv_pid"
+rm -f "$log"
+echo
+echo "-- one-way streaming, TCP, Ferry vs plain Asio (one write per message) alternately"
+"$bench" comm --transport tcp --size 64,1K,64K,2M --impl ferry,asio --seconds "$seconds" --reps "$reps" --pin auto
+echo
+echo "-- the same over TLS (OpenSSL, TLS 1.3), 2 MiB messages"
+"$bench" comm --transport tls --size 2M --impl ferry,asio --seconds "$seconds" --reps "$reps" --pin auto
+echo
+echo "-- 64 B round trips over TCP"
+"$bench" comm --transport tcp --size 64 --pingpong --count 10000 --impl ferry,asio --reps 1
+echo
+echo "-- net-queue's iops workload: 500 x 2 MiB, sync (client puts all, then gets all back)"
+"$bench" iops tcp pair sync --step-size 0 --max-size 21 --reps 500
 
 # Hugepage-backed rings: only where this user may reserve pages for the run (restored after).
 pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
