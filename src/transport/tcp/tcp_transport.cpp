@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -65,6 +66,14 @@ Failure translate(const error_code& ec, const std::string& context) {
 
 class TcpTransport;
 
+/// Asio's transfer_all caps each system call at 64 KiB; a 2 MiB message or a merged batch
+/// goes out (and comes in) in one call instead, as a hand-written loop would.
+struct TransferAllUnlimited {
+  std::size_t operator()(const error_code& ec, std::size_t) const noexcept {
+    return ec ? 0 : std::numeric_limits<std::size_t>::max();
+  }
+};
+
 /// Plain TCP or TLS over TCP: the one place the two differ.
 class Stream {
  public:
@@ -90,17 +99,17 @@ class Stream {
   template <class Buffers, class Handler>
   void async_read_exactly(const Buffers& b, Handler&& h) {
     if (m_tls) {
-      asio::async_read(*m_tls, b, std::forward<Handler>(h));
+      asio::async_read(*m_tls, b, TransferAllUnlimited{}, std::forward<Handler>(h));
     } else {
-      asio::async_read(*m_plain, b, std::forward<Handler>(h));
+      asio::async_read(*m_plain, b, TransferAllUnlimited{}, std::forward<Handler>(h));
     }
   }
   template <class Buffers, class Handler>
   void async_write_all(const Buffers& b, Handler&& h) {
     if (m_tls) {
-      asio::async_write(*m_tls, b, std::forward<Handler>(h));
+      asio::async_write(*m_tls, b, TransferAllUnlimited{}, std::forward<Handler>(h));
     } else {
-      asio::async_write(*m_plain, b, std::forward<Handler>(h));
+      asio::async_write(*m_plain, b, TransferAllUnlimited{}, std::forward<Handler>(h));
     }
   }
 
