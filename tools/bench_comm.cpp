@@ -7,6 +7,7 @@
 // server and client purposes) or the baseline; each role bounds its waits with a watchdog.
 // Layer: tools/.
 #include "bench_comm.hpp"
+#include "bench_util.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -63,41 +64,6 @@ constexpr std::size_t kWindowBytes = std::size_t{64} << 20;
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-std::size_t parse_size(const std::string& text) {
-  std::size_t pos = 0;
-  unsigned long long value = 0;
-  try {
-    value = std::stoull(text, &pos);
-  } catch (const std::exception&) {
-    throw CLI::ValidationError("size", "'" + text + "' is not a number of bytes");
-  }
-  std::string unit = text.substr(pos);
-  for (auto& c : unit)
-    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (unit.empty() || unit == "B")
-    return value;
-  if (unit == "K" || unit == "KB" || unit == "KIB")
-    return value << 10;
-  if (unit == "M" || unit == "MB" || unit == "MIB")
-    return value << 20;
-  if (unit == "G" || unit == "GB" || unit == "GIB")
-    return value << 30;
-  throw CLI::ValidationError("size", "unknown unit in '" + text + "' (use B, K, M or G)");
-}
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 3) {
-    bytes /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf,
-                bytes == static_cast<double>(static_cast<long long>(bytes)) ? "%.0f %s" : "%.1f %s",
-                bytes, units[u]);
-  return buf;
-}
 
 /// CPUs of the two processes: a runs the client (the sender), b the server.
 struct Pin {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "bench_comm.hpp"
+#include "bench_util.hpp"
 #include "ferry/shm/ring.hpp"
 #include "ideal_ring.hpp"
 
@@ -32,6 +33,8 @@ extern char** environ;
 namespace {
 
 using namespace ferry::shm;
+using ferry::bench::human_bytes;
+using ferry::bench::parse_size;
 using nlohmann::json;
 using std::chrono::nanoseconds;
 using SteadyClock = std::chrono::steady_clock;
@@ -39,29 +42,6 @@ using SteadyClock = std::chrono::steady_clock;
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-std::size_t parse_size(const std::string& text) {
-  std::size_t pos = 0;
-  const unsigned long long value = std::stoull(text, &pos);
-  std::string unit = text.substr(pos);
-  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (unit.empty() || unit == "B") return value;
-  if (unit == "K" || unit == "KB" || unit == "KIB") return value << 10;
-  if (unit == "M" || unit == "MB" || unit == "MIB") return value << 20;
-  if (unit == "G" || unit == "GB" || unit == "GIB") return value << 30;
-  throw CLI::ValidationError("size", "unknown unit in '" + text + "' (use B, K, M or G)");
-}
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 3) {
-    bytes /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, bytes == static_cast<double>(static_cast<long long>(bytes)) ? "%.0f %s" : "%.1f %s", bytes, units[u]);
-  return buf;
-}
 
 void pin_to(int cpu) {
   if (cpu < 0) return;
