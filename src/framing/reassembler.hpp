@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 #include <string>
 
@@ -46,7 +47,14 @@ class Reassembler {
               std::to_string(m_max_message);
         return Errc::message_too_large;
       }
-      m_message = Bytes(static_cast<std::size_t>(h.c));
+      try {
+        m_message = Bytes(static_cast<std::size_t>(h.c));
+      } catch (const std::bad_alloc&) {
+        // The announced size is within our limit but the memory is not there: refuse this
+        // connection's message rather than let the exception end the process.
+        why = "no memory for a message of " + std::to_string(h.c) + " bytes";
+        return Errc::message_too_large;
+      }
       m_received = 0;
       m_in_message = true;
     } else if (h.a != m_next_id || h.b != m_received || h.c != m_message.size()) {

@@ -605,6 +605,29 @@ TEST_P(BadInput, EachIsDroppedWhileOtherClientsAreServed) {
   still_serving();
 }
 
+TEST_P(BadInput, AnnouncedSizeBeyondMemoryIsRefusedNotFatal) {
+  Options so = server_options();
+  so.connection.message_size = std::size_t{1} << 50;  // "no practical limit"
+  auto server = open(Purpose::server, so);
+  auto good = open(Purpose::client, client_options(server));
+  {
+    RawSocket raw(port_of(server));
+    const auto h = hello_bytes();
+    raw.send(h.data(), h.size());
+    std::vector<std::uint8_t> f(32, 0);
+    f[0] = 1;
+    const std::uint32_t len = 1;
+    const std::uint64_t id = 1, total = std::uint64_t{1} << 50;
+    std::memcpy(f.data() + 4, &len, 4);
+    std::memcpy(f.data() + 8, &id, 8);
+    std::memcpy(f.data() + 24, &total, 8);
+    raw.send(f.data(), f.size());
+    EXPECT_GE(raw.read_until_closed().size(), 64u);  // the hello reply, then the connection ends
+  }
+  good.put(std::string("still here")).wait_delivered();
+  EXPECT_EQ(must_get(server).text(), "still here");
+}
+
 TEST_P(BadInput, ClientThatNeverReadsKeepsServerMemoryBounded) {
   if (tls()) GTEST_SKIP() << "raw socket speaks plain tcp";
   Options so = server_options();
