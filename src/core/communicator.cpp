@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include <boost/container/small_vector.hpp>
+
 namespace ferry::detail {
 namespace {
 
@@ -63,49 +65,39 @@ void CommunicatorImpl::fill_limits(framing::Hello& hello) const {
 }
 
 PutHandle CommunicatorImpl::put(Payload payload, std::span<const PeerId> peers) {
-  std::vector<std::shared_ptr<Session>> targets;
-  std::vector<PeerId> ids;
-  std::vector<Errc> early;  // per target: Errc{} or a failure known before queueing
+  // Inline room for one peer: the common put allocates nothing here.
+  boost::container::small_vector<PeerId, 1> ids;
+  boost::container::small_vector<std::shared_ptr<Session>, 1> targets;  // null: no such peer
   {
     const std::lock_guard lock(m_sessions_mutex);
+    const auto add = [&](const PeerId& id, std::shared_ptr<Session> session) {
+      ids.push_back(id);
+      targets.push_back(std::move(session));
+    };
     if (m_purpose == Purpose::client) {
-      if (peers.empty()) {
-        ids.push_back(m_server ? m_server->peer() : PeerId{});
-        targets.push_back(m_server);
-        early.push_back(m_server ? Errc{} : Errc::closed);
-      }
-      for (const PeerId& p : peers) {
-        const bool ok = m_server && m_server->peer() == p;
-        ids.push_back(p);
-        targets.push_back(ok ? m_server : nullptr);
-        early.push_back(ok ? Errc{} : Errc::not_found);
-      }
+      if (peers.empty()) add(m_server ? m_server->peer() : PeerId{}, m_server);
+      for (const PeerId& p : peers) add(p, m_server && m_server->peer() == p ? m_server : nullptr);
     } else if (peers.empty()) {
-      for (const auto& [id, s] : m_sessions) {
-        ids.push_back(id);
-        targets.push_back(s);
-        early.push_back(Errc{});
-      }
+      for (const auto& [id, s] : m_sessions) add(id, s);
     } else {
       for (const PeerId& p : peers) {
         const auto it = m_sessions.find(p);
-        ids.push_back(p);
-        targets.push_back(it == m_sessions.end() ? nullptr : it->second);
-        early.push_back(it == m_sessions.end() ? Errc::not_found : Errc{});
+        add(p, it == m_sessions.end() ? nullptr : it->second);
       }
     }
   }
-  if (targets.empty() && closed()) {
-    // A broadcast after close(): report it rather than complete with nobody addressed.
-    ids.push_back(PeerId{});
-    targets.push_back(nullptr);
-    early.push_back(Errc::closed);
-  }
-  auto state = std::make_shared<PutState>(std::move(payload), ids);
-  const std::shared_ptr<const Payload> bytes = state->payload();
   const bool closed_now = closed();
+  // A broadcast after close() reports it rather than complete with nobody addressed.
+  if (targets.empty() && closed_now) {
+    ids.emplace_back();
+    targets.emplace_back();
+  }
+  // A client without its server has lost the session; a named peer that is not there is unknown.
+  const Errc missing = m_purpose == Purpose::client && peers.empty() ? Errc::closed : Errc::not_found;
+  auto state = std::make_shared<PutState>(std::move(payload), std::span<const PeerId>(ids.data(), ids.size()));
+  const std::shared_ptr<const Payload> bytes = state->payload();
   for (std::size_t i = 0; i < targets.size(); ++i) {
-    Errc e = closed_now ? Errc::closed : early[i];
+    Errc e = closed_now ? Errc::closed : targets[i] ? Errc{} : missing;
     if (e == Errc{}) e = targets[i]->enqueue(state, static_cast<std::uint32_t>(i), bytes);
     if (e != Errc{}) state->fail(i, code(e));
   }
