@@ -25,7 +25,7 @@ struct ConnectionOptions {
   /// (net-queue's efficient_size).
   std::size_t merge_size = std::size_t{64} << 10;
   /// Largest message this side accepts; a larger one is refused with
-  /// Errc::message_too_large, never split.
+  /// Errc::message_too_large, never split. At most 1 TiB (open() refuses more).
   std::size_t message_size = std::size_t{1} << 30;
   /// Bytes a peer may have written but not yet acknowledged; beyond it put handles stay
   /// pending until acknowledgements arrive (back-pressure).

@@ -12,11 +12,15 @@ namespace {
 
 std::error_code code(Errc e) { return make_error_code(e); }
 
+/// A sanity bound on ConnectionOptions::message_size: beyond it a setting is a mistake (and a
+/// peer announcing such a message could only be refused for lack of memory).
+constexpr std::size_t kMaxMessageSize = std::size_t{1} << 40;
+
 void check_options(const Options& o) {
   const auto& c = o.connection;
   const auto bad = [](const std::string& what) { throw Error(Errc::invalid_argument, "options: " + what); };
   if (c.transport_size == 0 || c.transport_size > framing::kMaxChunk) bad("transport_size must be in [1, 1 GiB]");
-  if (c.message_size == 0) bad("message_size must be > 0");
+  if (c.message_size == 0 || c.message_size > kMaxMessageSize) bad("message_size must be in [1, 1 TiB]");
   if (c.send_window == 0) bad("send_window must be > 0");
   if (c.send_queue_messages == 0 || c.send_queue_bytes == 0) bad("send queue bounds must be > 0");
   if (c.receive_queue_messages == 0 || c.receive_queue_bytes == 0) bad("receive queue bounds must be > 0");
@@ -241,7 +245,11 @@ Errc CommunicatorImpl::accept_client(const framing::Hello& hello, const std::sha
   fill_limits(reply);
   bool resumed = false;
   std::shared_ptr<Session> replaced;
+  Errc e{};
   {
+    // Find or create the session and attach the link under one lock: a second handshake with
+    // the same id then finds it live, and a put never sees a session before it knows the
+    // peer's limits.
     const std::lock_guard lock(m_sessions_mutex);
     if (closed()) {
       why = "server is closing";
@@ -271,17 +279,17 @@ Errc CommunicatorImpl::accept_client(const framing::Hello& hello, const std::sha
       session = std::make_shared<Session>(*this, hello.id, m_options.connection);
       m_sessions[hello.id] = session;
     }
+    why.clear();
+    e = session->attach(link, hello, resumed, next_expected, why);
   }
   if (replaced) replaced->end(code(Errc::peer_lost));
-  why.clear();
-  const Errc e = session->attach(link, hello, resumed, next_expected, why);
   if (e != Errc{}) {
     session->end(code(e));
     return e;
   }
   session->fill_hello(reply);
   reply.flags = resumed ? framing::kHelloResume : 0;
-  if (m_options.on_connect) m_options.on_connect(hello.id);
+  notify_connect(hello.id);
   return Errc{};
 }
 
@@ -298,8 +306,9 @@ Errc CommunicatorImpl::attach_server(const framing::Hello& reply, const std::sha
                                      std::shared_ptr<Session>& session, std::uint64_t& next_expected,
                                      std::string& why) {
   std::shared_ptr<Session> old;
+  Errc e{};
   {
-    const std::lock_guard lock(m_sessions_mutex);
+    const std::lock_guard lock(m_sessions_mutex);  // as in accept_client: attach before publishing
     if (m_server && (m_server->peer() != reply.id || m_server->state() == Session::State::ended)) {
       old = std::move(m_server);  // another server (or ours ended): that session is lost
     }
@@ -312,12 +321,12 @@ Errc CommunicatorImpl::attach_server(const framing::Hello& reply, const std::sha
       m_sessions[reply.id] = m_server;
     }
     session = m_server;
+    const bool resumed = (reply.flags & framing::kHelloResume) != 0;
+    e = session->attach(link, reply, resumed, next_expected, why);
   }
   if (old) old->end(code(Errc::peer_lost));
-  const bool resumed = (reply.flags & framing::kHelloResume) != 0;
-  const Errc e = session->attach(link, reply, resumed, next_expected, why);
   if (e != Errc{}) return e;
-  if (m_options.on_connect) m_options.on_connect(reply.id);
+  notify_connect(reply.id);
   return Errc{};
 }
 
@@ -335,8 +344,20 @@ void CommunicatorImpl::reconnect_failed(std::error_code why) {
   if (s) s->end(why);
 }
 
+void CommunicatorImpl::notify_connect(const PeerId& peer) const noexcept {
+  if (!m_options.on_connect) return;
+  try {
+    m_options.on_connect(peer);
+  } catch (...) {  // NOLINT(bugprone-empty-catch): a user callback's exception must not unwind a transport thread
+  }
+}
+
 void CommunicatorImpl::peer_disconnected(Session& session, std::error_code why) {
-  if (m_options.on_disconnect) m_options.on_disconnect(session.peer(), why);
+  if (!m_options.on_disconnect) return;
+  try {
+    m_options.on_disconnect(session.peer(), why);
+  } catch (...) {  // NOLINT(bugprone-empty-catch): as in notify_connect
+  }
 }
 
 void CommunicatorImpl::session_detached(const std::shared_ptr<Session>& session, std::uint64_t epoch) {

@@ -81,6 +81,8 @@ class CommunicatorImpl {
   };
   std::optional<Message> pop_locked(std::unique_lock<std::mutex>& lock);
   void throw_if_done_locked() const;
+  /// Runs on_connect; an exception from it is swallowed (it must not unwind a transport thread).
+  void notify_connect(const PeerId& peer) const noexcept;
   void fill_limits(framing::Hello& hello) const;
 
   const Purpose m_purpose;

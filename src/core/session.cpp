@@ -146,13 +146,36 @@ bool Session::fill(framing::Batch& batch, WriteRecord& record, bool keepalive) {
   if (keepalive && batch.empty()) {
     batch.add(framing::FrameHeader{framing::FrameType::keepalive, 0, 0, 0, 0}, {});
   }
-  return !batch.empty();
+  if (batch.empty()) return false;
+  ++m_writes_in_flight;
+  return true;
+}
+
+void Session::write_over_locked(std::deque<OutMsg>& fail_now) {
+  if (m_writes_in_flight > 0) --m_writes_in_flight;
+  if (m_writes_in_flight == 0) fail_now.swap(m_fail_after_write);
+}
+
+void Session::write_failed(WriteRecord& record) {
+  std::deque<OutMsg> fail_now;
+  std::error_code why;
+  {
+    const std::lock_guard lock(m_mutex);
+    write_over_locked(fail_now);
+    why = m_fail_after_write_why;
+  }
+  record.clear();
+  for (OutMsg& m : fail_now) m.state->fail(m.slot, why);
 }
 
 void Session::written(WriteRecord& record) {
   bool end_now = false;
+  std::deque<OutMsg> fail_now;
+  std::error_code why;
   {
     const std::lock_guard lock(m_mutex);
+    write_over_locked(fail_now);
+    why = m_fail_after_write_why;
     if (!record.completed_ids.empty() && !m_out.empty()) {
       const std::uint64_t front = m_out.front().id;
       for (const std::uint64_t id : record.completed_ids) {
@@ -172,6 +195,7 @@ void Session::written(WriteRecord& record) {
   // Outside the session lock: a put() on another thread is not held up by the notifications.
   for (auto& [state, slot] : record.sent) state->sent(slot);
   record.sent.clear();
+  for (OutMsg& m : fail_now) m.state->fail(m.slot, why);
   if (end_now) end(make_error_code(Errc::closed));
 }
 
@@ -303,6 +327,12 @@ void Session::end(std::error_code why) {
     m_out_bytes = 0;
     m_cursor = 0;
     link = std::move(m_link);
+    if (m_writes_in_flight > 0) {
+      // A write may still read these payloads: they fail when it is over.
+      m_fail_after_write = std::move(failed);
+      m_fail_after_write_why = why;
+      failed.clear();
+    }
   }
   for (OutMsg& m : failed) m.state->fail(m.slot, why);
   if (link) {

@@ -68,9 +68,14 @@ class Session : public std::enable_shared_from_this<Session> {
   // --- the link's writer (one at a time) ---
   /// Adds what is due to the batch: an ack, a keep-alive (if asked and nothing else is due),
   /// data chunks within the send window, then the close frame. False if nothing was added.
+  /// True starts a write: the link must then call written() or write_failed() exactly once,
+  /// when the write no longer reads the batch's buffers.
   bool fill(framing::Batch& batch, WriteRecord& record, bool keepalive);
   /// The batch was written completely.
   void written(WriteRecord& record);
+  /// The batch will not be written (the connection failed or was aborted): its buffers are
+  /// no longer read. What it carried is resent on the next connection or fails with the end.
+  void write_failed(WriteRecord& record);
 
   // --- the link's reader (one at a time) ---
   /// Payload bytes arrived on this connection (for the ack's flow-control count).
@@ -88,7 +93,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void link_down(const Link* link, std::error_code why);
   /// Starts a clean close: flush, send the close frame, wait for the peer's.
   void begin_close();
-  /// Ends the session: fails every pending put with why, drops the link. Idempotent.
+  /// Ends the session: fails every pending put with why, drops the link. Idempotent. Puts
+  /// that a write in flight may still read fail only when that write is over (written() or
+  /// write_failed()), so a caller never frees a borrowed buffer the kernel is reading.
   void end(std::error_code why);
   [[nodiscard]] State state() const;
   /// True once nothing is queued to the peer (all acknowledged) or the session ended.
@@ -110,6 +117,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::shared_ptr<const Payload> payload;
     std::uint32_t slot;
   };
+  /// A write ended (written or failed): fails what end() set aside once none is in flight.
+  void write_over_locked(std::deque<OutMsg>& fail_now);
 
   CommunicatorImpl& m_owner;
   const PeerId m_peer;
@@ -134,6 +143,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::uint64_t m_conn_sent = 0;       // payload bytes handed to writes on this connection
   std::uint64_t m_conn_acked = 0;      // of those, received by the peer (its acks)
   std::uint64_t m_peer_delivered = 0;  // highest id the peer acknowledged
+  std::uint32_t m_writes_in_flight = 0;  // fill() calls not yet answered by written()/write_failed()
+  std::deque<OutMsg> m_fail_after_write;  // ended while a write was in flight: fail when it is over
+  std::error_code m_fail_after_write_why;
   // Receive side.
   std::uint64_t m_next_expected = 1;
   std::uint64_t m_conn_received = 0;

@@ -124,7 +124,7 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   enum class Role { server, client };
 
   Connection(TcpTransport& transport, Role role);
-  ~Connection() override = default;
+  ~Connection() override;
 
   tcp::socket& socket() noexcept { return m_stream.socket(); }
   /// After the TCP connection is up: (TLS handshake,) Ferry hello, then run. done(failure)
@@ -195,6 +195,7 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   std::atomic<bool> m_keepalive_due{false};
   framing::Batch m_batch;
   WriteRecord m_record;
+  bool m_write_pending = false;  // m_record awaits written()/write_failed() (writer role owns it)
   std::vector<asio::const_buffer> m_wbufs;
   Clock::time_point m_last_tx{};
 };
@@ -227,6 +228,9 @@ class TcpTransport final : public Transport {
   /// One client connection attempt; done reports the outcome.
   void connect(std::function<void(std::optional<Failure>)> done);
   void reconnect_later(std::chrono::milliseconds delay);
+  /// One I/O thread. A handler that throws (std::bad_alloc, a throwing user callback) must not
+  /// end the process: the loop goes on; the failing handler's connection times out on its own.
+  void run_loop() noexcept;
 
   CommunicatorImpl& m_owner;
   const Endpoint m_endpoint;
@@ -257,6 +261,12 @@ Connection::Connection(TcpTransport& transport, Role role)
       m_timer(m_strand),
       m_rbuf(kReadBuffer),
       m_batch(transport.conn().merge_size) {}
+
+Connection::~Connection() {
+  // A write whose completion handler was dropped (the event loop stopped): nothing reads its
+  // buffers any more, so what it carried may fail now.
+  if (m_write_pending && m_session) m_session->write_failed(m_record);
+}
 
 void Connection::start(std::function<void(std::optional<Failure>)> done) {
   m_handshake_done = std::move(done);
@@ -425,7 +435,10 @@ void Connection::do_write() {
     m_record.clear();
     // relaxed: a hint set by the keep-alive timer on this strand; losing a race only delays it.
     const bool keepalive = m_keepalive_due.exchange(false, std::memory_order_relaxed);
-    if (m_session->fill(m_batch, m_record, keepalive)) break;
+    if (m_session->fill(m_batch, m_record, keepalive)) {
+      m_write_pending = true;
+      break;
+    }
     // sync(link.writing) seq_cst store: partner of the exchange in kick().
     m_writing.store(false, std::memory_order_seq_cst);
     // sync(link.want_write) seq_cst load: pairs with the store in kick(); a kick that came
@@ -437,14 +450,12 @@ void Connection::do_write() {
   m_wbufs.clear();
   for (const auto& b : m_batch.buffers()) m_wbufs.emplace_back(b.data(), b.size());
   m_stream.async_write_all(m_wbufs, [self = shared_from_this()](const error_code& ec, std::size_t) {
-    if (self->m_failed) {
+    self->m_write_pending = false;
+    if (self->m_failed || ec) {
+      self->m_session->write_failed(self->m_record);
       // sync(link.writing) seq_cst store: partner of the exchange in kick().
       self->m_writing.store(false, std::memory_order_seq_cst);
-      return;
-    }
-    if (ec) {
-      // sync(link.writing) seq_cst store: partner of the exchange in kick().
-      self->m_writing.store(false, std::memory_order_seq_cst);
+      if (self->m_failed) return;
       const Failure f = translate(ec, "write to " + self->m_remote);
       return self->fail(f.errc, f.what);
     }
@@ -674,7 +685,7 @@ TcpTransport::TcpTransport(CommunicatorImpl& owner)
     listen();
   }
   for (unsigned i = 0; i < m_owner.options().workers; ++i) {
-    m_threads.emplace_back([this] { m_io.run(); });
+    m_threads.emplace_back([this] { run_loop(); });
   }
   if (m_owner.purpose() == Purpose::server) {
     asio::post(m_acceptor->get_executor(), [this] { accept(); });
@@ -684,6 +695,16 @@ TcpTransport::TcpTransport(CommunicatorImpl& owner)
     } catch (...) {
       stop();
       throw;
+    }
+  }
+}
+
+void TcpTransport::run_loop() noexcept {
+  for (;;) {
+    try {
+      m_io.run();
+      return;
+    } catch (...) {  // NOLINT(bugprone-empty-catch): see the declaration; run() resumes the loop
     }
   }
 }
@@ -883,6 +904,10 @@ void TcpTransport::stop() {
     if (t.joinable()) t.join();
   }
   m_threads.clear();
+  // Run what the stop left ready (aborts, cancelled writes), so every write in flight is
+  // answered and the puts it carried fail now rather than when the transport is destroyed.
+  m_io.restart();
+  m_io.poll();
 }
 
 }  // namespace
