@@ -113,6 +113,9 @@ void CommunicatorImpl::wake_getters() { m_rx_cv.notify_all(); }
 bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes message, bool notify) {
   const std::size_t size = message.size();
   bool keep_reading = true;
+  // Counted as delivered (what acks report) before any get() can take it: a close that
+  // follows the get() then acknowledges it.
+  session->delivered_one(size);
   {
     const std::lock_guard lock(m_rx_mutex);
     session->rx_messages += 1;
@@ -126,7 +129,6 @@ bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes me
     }
   }
   if (notify) m_rx_cv.notify_one();
-  session->delivered_one(size);
   return keep_reading;
 }
 

@@ -106,14 +106,15 @@ bool Session::fill(framing::Batch& batch, WriteRecord& record, bool keepalive) {
   if (m_state != State::live) return false;
   // An ack when one is due, or riding along with data when the peer's view is stale.
   const bool stale = m_next_expected - 1 != m_acked_delivered || m_conn_received != m_acked_received;
-  if (m_ack_due || (stale && m_cursor < m_out.size())) {
+  const auto add_ack = [&] {
     batch.add(framing::FrameHeader{framing::FrameType::ack, 0, m_next_expected - 1,
                                    m_conn_received, 0},
               {});
     m_ack_due = false;
     m_acked_delivered = m_next_expected - 1;
     m_acked_received = m_conn_received;
-  }
+  };
+  if (m_ack_due || (stale && m_cursor < m_out.size())) add_ack();
   const std::uint64_t chunk_limit =
       std::min<std::uint64_t>(m_peer_max_chunk, std::max<std::size_t>(m_options.transport_size, 1));
   while (!batch.full() && m_cursor < m_out.size()) {
@@ -138,6 +139,9 @@ bool Session::fill(framing::Batch& batch, WriteRecord& record, bool keepalive) {
     }
   }
   if (m_close_due && !m_close_sent && !record.close && m_cursor == m_out.size()) {
+    // The close frame always follows an ack of everything delivered: the peer fails whatever
+    // it has not seen acknowledged when the close arrives.
+    if (m_next_expected - 1 != m_acked_delivered) add_ack();
     batch.add(framing::FrameHeader{framing::FrameType::close, 0,
                                    static_cast<std::uint64_t>(m_close_reason), 0, 0},
               {});

@@ -299,6 +299,47 @@ TEST_P(Conformance, ClientCloseFlushesItsMessagesFirst) {
   client.reset();
 }
 
+TEST_P(Conformance, RoundTripsNeverStall) {
+  // Request and reply, one at a time: every read round that delivers a message must wake
+  // get(), also when an ack-only round follows it.
+  auto server = open(Purpose::server, server_options());
+  auto client = open(Purpose::client, client_options(server));
+  std::thread echo([&] {
+    for (int i = 0; i < 3000; ++i) {
+      std::optional<Message> m = server.get_for(5s);
+      if (!m) return;
+      (void)server.put(std::move(m->data), m->peer);
+    }
+  });
+  for (std::uint64_t i = 0; i < 3000; ++i) {
+    (void)client.put(numbered(i));
+    std::optional<Message> reply = client.get_for(5s);
+    ASSERT_TRUE(reply.has_value()) << "round trip " << i << " stalled";
+    ASSERT_EQ(number_of(*reply), i);
+  }
+  echo.join();
+}
+
+TEST_P(Conformance, MessageTakenJustBeforeCloseIsDelivered) {
+  // What a server get()s is acknowledged by its close, however soon the close follows: the
+  // client's put never fails with closed for a message the server has.
+  for (int round = 0; round < 20; ++round) {
+    std::optional<Communicator> server = open(Purpose::server, server_options());
+    auto client = open(Purpose::client, client_options(*server));
+    PutHandle h = client.put(numbered(static_cast<std::uint64_t>(round)));
+    // Polling takes the message the moment it is queued, before the reader's round is over.
+    std::optional<Message> m;
+    const auto deadline = std::chrono::steady_clock::now() + kWait;
+    while (!(m = server->try_get()) && std::chrono::steady_clock::now() < deadline) {
+    }
+    ASSERT_TRUE(m.has_value());
+    EXPECT_EQ(number_of(*m), static_cast<std::uint64_t>(round));
+    server->close();
+    ASSERT_TRUE(h.wait_delivered_for(kWait));
+    ASSERT_TRUE(h.errors().empty()) << "round " << round << ": " << h.errors()[0].error.message();
+  }
+}
+
 TEST_P(Conformance, SentAndDeliveredAreDistinct) {
   Options so = server_options();
   so.connection.receive_queue_messages = 1;  // the server stops reading after one message

@@ -7,6 +7,9 @@
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <atomic>
 #include <future>
 #include <limits>
@@ -31,6 +34,13 @@ using boost::system::error_code;
 
 constexpr std::size_t kReadBuffer = std::size_t{64} << 10;
 constexpr std::size_t kDirectReadAbove = std::size_t{16} << 10;  // read straight into the message
+// A put() writes on its own thread when the connection is idle, or when the batch is large
+// enough that merging more into it gains nothing. A small batch soon after the previous write
+// is a stream: the strand writes it, and merges what the producer queues meanwhile.
+constexpr std::size_t kInlineAlwaysFrom = std::size_t{16} << 10;
+constexpr auto kInlineIdleAfter = std::chrono::microseconds(10);
+constexpr unsigned kWakeEveryRounds = 16;
+constexpr std::uint64_t kWakeEveryBytes = std::uint64_t{256} << 10;
 
 std::error_code ferry_code(Errc e) { return make_error_code(e); }
 
@@ -152,7 +162,22 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   void process();
   /// After a read round: wake get() once, account received bytes, acknowledge if due.
   void end_round();
+  /// Wakes get() for the messages delivered since the last wake-up.
+  void wake_getters();
+  /// The writer role's next batch from the session (m_batch, m_record, m_wbufs). False: nothing
+  /// is due and the role was released (or handed to a concurrent kick()).
+  bool next_batch();
+  /// Writer role, on the strand: write batches until nothing is due.
   void do_write();
+  /// Writer role, any thread (plain TCP): one batch with one non-blocking sendmsg() on the
+  /// caller's thread, so an idle connection costs a put() no thread hand-off. Whatever does
+  /// not fit in the socket buffer goes on as an async write on the strand. False: the inline
+  /// path is not open (TLS, not running, closed); the caller hands the role to the strand.
+  bool write_inline();
+  /// Writer role, any thread: m_wbufs is written by an async write on the strand.
+  void write_rest_on_strand();
+  /// The async write of m_wbufs completed (strand).
+  void on_written(const error_code& ec);
   void on_tick();
   void fail(Errc errc, const std::string& what);
   void close_socket();
@@ -185,7 +210,9 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   framing::Reassembler m_reassembler;
   std::uint64_t m_round_bytes = 0;    // payload bytes taken in this read round
   bool m_round_progress = false;      // a data frame arrived in this round
-  bool m_round_delivered = false;     // a message went to the receive queue in this round
+  bool m_round_delivered = false;     // messages went to the receive queue, get() not woken yet
+  unsigned m_unwoken_rounds = 0;      // read rounds since get() was last woken
+  std::uint64_t m_unwoken_bytes = 0;  // bytes delivered since get() was last woken
   std::uint64_t m_unacked_bytes = 0;  // payload bytes received since the last ack request
   Clock::time_point m_last_rx{};
 
@@ -197,7 +224,14 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   WriteRecord m_record;
   bool m_write_pending = false;  // m_record awaits written()/write_failed() (writer role owns it)
   std::vector<asio::const_buffer> m_wbufs;
-  Clock::time_point m_last_tx{};
+  std::vector<iovec> m_iov;
+  // relaxed everywhere: a time stamp for the keep-alive timer, set by whichever thread wrote.
+  std::atomic<Clock::rep> m_last_tx{0};
+  // The descriptor inline writes use: -1 until run() (plain TCP only) and from close_socket()
+  // on. Held across each inline sendmsg() so the strand cannot close (and the kernel reuse)
+  // the descriptor under it.
+  std::mutex m_inline_mutex;
+  int m_inline_fd = -1;
 };
 
 class TcpTransport final : public Transport {
@@ -404,7 +438,13 @@ void Connection::handshake_failed(Failure f) {
 
 void Connection::run() {
   m_running = true;
-  m_last_rx = m_last_tx = Clock::now();
+  m_last_rx = Clock::now();
+  // relaxed: see m_last_tx.
+  m_last_tx.store(m_last_rx.time_since_epoch().count(), std::memory_order_relaxed);
+  if (!m_stream.tls()) {
+    const std::lock_guard lock(m_inline_mutex);
+    m_inline_fd = m_stream.socket().native_handle();
+  }
   if (auto done = std::move(m_handshake_done)) done(std::nullopt);
   on_tick();
   read_more();
@@ -413,12 +453,38 @@ void Connection::run() {
 
 void Connection::kick() {
   // sync(link.want_write) seq_cst store: a writer that is finishing must see it (its seq_cst
-  // load of m_want_write in do_write()), or this thread's exchange below must see the writer
-  // gone. Store-then-load on both sides: seq_cst on all four, as in the ring's wait handshake.
+  // load of m_want_write in next_batch()), or this thread's exchange below must see the
+  // writer gone. Store-then-load on both sides: seq_cst on all four, as in the ring's wait
+  // handshake.
   m_want_write.store(true, std::memory_order_seq_cst);
-  // sync(link.writing) seq_cst exchange: partner of the seq_cst store of false in do_write().
+  // sync(link.writing) seq_cst exchange: partner of the seq_cst store of false in next_batch().
+  // Winning it makes this thread the writer: it owns m_batch, m_record and m_wbufs.
   if (!m_writing.exchange(true, std::memory_order_seq_cst)) {
-    asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+    if (!write_inline()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+  }
+}
+
+bool Connection::next_batch() {
+  for (;;) {
+    // sync(link.want_write) seq_cst store: clear before filling; a kick() after it re-arms it.
+    m_want_write.store(false, std::memory_order_seq_cst);
+    m_batch.clear();
+    m_record.clear();
+    // relaxed: a hint set by the keep-alive timer; losing a race only delays the keep-alive.
+    const bool keepalive = m_keepalive_due.exchange(false, std::memory_order_relaxed);
+    if (m_session->fill(m_batch, m_record, keepalive)) {
+      m_write_pending = true;
+      m_wbufs.clear();
+      for (const auto& b : m_batch.buffers()) m_wbufs.emplace_back(b.data(), b.size());
+      return true;
+    }
+    // sync(link.writing) seq_cst store: partner of the exchange in kick().
+    m_writing.store(false, std::memory_order_seq_cst);
+    // sync(link.want_write) seq_cst load: pairs with the store in kick(); a kick that came
+    // between fill() and the store above is seen here (or its exchange saw writing == false).
+    if (!m_want_write.load(std::memory_order_seq_cst)) return false;
+    // sync(link.writing) seq_cst exchange: reclaim the writer role unless a kick() took it.
+    if (m_writing.exchange(true, std::memory_order_seq_cst)) return false;
   }
 }
 
@@ -428,42 +494,89 @@ void Connection::do_write() {
     m_writing.store(false, std::memory_order_seq_cst);
     return;
   }
-  for (;;) {
-    // sync(link.want_write) seq_cst store: clear before filling; a kick() after it re-arms it.
-    m_want_write.store(false, std::memory_order_seq_cst);
-    m_batch.clear();
-    m_record.clear();
-    // relaxed: a hint set by the keep-alive timer on this strand; losing a race only delays it.
-    const bool keepalive = m_keepalive_due.exchange(false, std::memory_order_relaxed);
-    if (m_session->fill(m_batch, m_record, keepalive)) {
-      m_write_pending = true;
-      break;
-    }
+  if (!next_batch()) return;
+  m_stream.async_write_all(m_wbufs, [self = shared_from_this()](const error_code& ec, std::size_t) {
+    self->on_written(ec);
+  });
+}
+
+bool Connection::write_inline() {
+  std::unique_lock lock(m_inline_mutex);
+  if (m_inline_fd < 0) return false;
+  // m_session was set before run() published m_inline_fd under this mutex.
+  if (!next_batch()) return true;
+  // relaxed: see m_last_tx.
+  const Clock::time_point last_tx{Clock::duration(m_last_tx.load(std::memory_order_relaxed))};
+  if (m_batch.bytes() < kInlineAlwaysFrom && Clock::now() - last_tx < kInlineIdleAfter) {
+    lock.unlock();
+    write_rest_on_strand();
+    return true;
+  }
+  m_iov.clear();
+  std::size_t total = 0;
+  for (const auto& b : m_wbufs) {
+    m_iov.push_back(iovec{const_cast<void*>(b.data()), b.size()});  // NOLINT(cppcoreguidelines-pro-type-const-cast): sendmsg() only reads
+    total += b.size();
+  }
+  msghdr msg{};
+  msg.msg_iov = m_iov.data();
+  msg.msg_iovlen = m_iov.size();
+  const ssize_t n = ::sendmsg(m_inline_fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  const int err = errno;
+  lock.unlock();
+  if (n >= 0 && static_cast<std::size_t>(n) == total) {
+    m_write_pending = false;
+    // relaxed: see m_last_tx.
+    m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    m_session->written(m_record);
+    // One batch per caller: more that is due is written on the strand, so a put() never
+    // writes other threads' messages for long.
     // sync(link.writing) seq_cst store: partner of the exchange in kick().
     m_writing.store(false, std::memory_order_seq_cst);
-    // sync(link.want_write) seq_cst load: pairs with the store in kick(); a kick that came
-    // between fill() and the store above is seen here (or its exchange saw writing == false).
-    if (!m_want_write.load(std::memory_order_seq_cst)) return;
-    // sync(link.writing) seq_cst exchange: reclaim the writer role unless a kick() took it.
-    if (m_writing.exchange(true, std::memory_order_seq_cst)) return;
-  }
-  m_wbufs.clear();
-  for (const auto& b : m_batch.buffers()) m_wbufs.emplace_back(b.data(), b.size());
-  m_stream.async_write_all(m_wbufs, [self = shared_from_this()](const error_code& ec, std::size_t) {
-    self->m_write_pending = false;
-    if (self->m_failed || ec) {
-      self->m_session->write_failed(self->m_record);
-      // sync(link.writing) seq_cst store: partner of the exchange in kick().
-      self->m_writing.store(false, std::memory_order_seq_cst);
-      if (self->m_failed) return;
-      const Failure f = translate(ec, "write to " + self->m_remote);
-      return self->fail(f.errc, f.what);
+    // sync(link.want_write) seq_cst load: as in next_batch().
+    // sync(link.writing) seq_cst exchange: as in next_batch().
+    if (m_want_write.load(std::memory_order_seq_cst) && !m_writing.exchange(true, std::memory_order_seq_cst)) {
+      asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
     }
-    self->m_last_tx = Clock::now();
-    const std::shared_ptr<Session> session = self->m_session;
-    session->written(self->m_record);
-    self->do_write();
+    return true;
+  }
+  if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+    asio::post(m_strand, [self = shared_from_this(), ec = error_code(err, boost::system::system_category())] {
+      self->on_written(ec);
+    });
+    return true;
+  }
+  // The socket buffer is full: the rest goes as an async write on the strand.
+  std::size_t done = n > 0 ? static_cast<std::size_t>(n) : 0;
+  std::size_t skip = 0;
+  while (done >= m_wbufs[skip].size()) done -= m_wbufs[skip++].size();
+  m_wbufs.erase(m_wbufs.begin(), m_wbufs.begin() + static_cast<std::ptrdiff_t>(skip));
+  m_wbufs.front() += done;
+  write_rest_on_strand();
+  return true;
+}
+
+void Connection::write_rest_on_strand() {
+  asio::post(m_strand, [self = shared_from_this()] {
+    if (self->m_failed) return self->on_written(asio::error::operation_aborted);
+    self->m_stream.async_write_all(self->m_wbufs, [self](const error_code& ec, std::size_t) { self->on_written(ec); });
   });
+}
+
+void Connection::on_written(const error_code& ec) {
+  m_write_pending = false;
+  if (m_failed || ec) {
+    m_session->write_failed(m_record);
+    // sync(link.writing) seq_cst store: partner of the exchange in kick().
+    m_writing.store(false, std::memory_order_seq_cst);
+    if (m_failed) return;
+    const Failure f = translate(ec, "write to " + m_remote);
+    return fail(f.errc, f.what);
+  }
+  // relaxed: see m_last_tx.
+  m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  m_session->written(m_record);
+  do_write();
 }
 
 void Connection::read_more() {
@@ -520,25 +633,39 @@ void Connection::on_read(const error_code& ec, std::size_t n, bool direct) {
 }
 
 void Connection::end_round() {
-  if (m_round_delivered) {
-    m_round_delivered = false;
-    m_owner.wake_getters();  // once per read, not once per message
+  if (!m_round_progress && !m_round_delivered) return;
+  // Nothing pending in the socket: no read round follows at once (what is still buffered is
+  // a partial frame, which waits for more bytes anyway).
+  error_code ec;
+  const bool socket_idle = m_stream.socket().available(ec) == 0;
+  // Wake get() once per burst, not once per read: when the socket has nothing more, when we
+  // stop reading, or every kWakeEveryRounds reads or kWakeEveryBytes of a long stream. A reader that keeps up
+  // with a stream would otherwise be woken (a context switch) for every message.
+  if (m_round_delivered && (socket_idle || m_paused || ++m_unwoken_rounds >= kWakeEveryRounds ||
+                            m_unwoken_bytes >= kWakeEveryBytes)) {
+    wake_getters();
   }
   if (!m_round_progress) return;
   if (m_round_bytes) m_session->received_bytes(m_round_bytes);
   m_unacked_bytes += m_round_bytes;
   m_round_bytes = 0;
   m_round_progress = false;
-  // Acknowledge when the stream pauses (nothing buffered or pending in the socket), when we
-  // stop reading, or every quarter window: one ack per burst instead of one per read. Acks
-  // also ride along with outgoing data (Session::fill).
-  error_code ec;
-  const bool idle = m_rbegin == m_rend && m_stream.socket().available(ec) == 0;
+  // Acknowledge on the same pauses (and nothing buffered), or every quarter window: one ack
+  // per burst instead of one per read. Acks also ride along with outgoing data
+  // (Session::fill).
+  const bool idle = socket_idle && m_rbegin == m_rend;
   const std::uint64_t every = std::min<std::uint64_t>(m_transport.conn().send_window / 4, std::uint64_t{4} << 20);
   if (idle || m_paused || m_unacked_bytes >= every) {
     m_unacked_bytes = 0;
     m_session->ack_due();
   }
+}
+
+void Connection::wake_getters() {
+  m_round_delivered = false;
+  m_unwoken_rounds = 0;
+  m_unwoken_bytes = 0;
+  m_owner.wake_getters();
 }
 
 void Connection::process() {
@@ -557,7 +684,9 @@ void Connection::process() {
       m_in_payload = false;
       if (m_reassembler.message_done()) {
         m_round_delivered = true;
-        if (!m_owner.deliver(m_session, m_reassembler.take(), false)) {
+        Bytes message = m_reassembler.take();
+        m_unwoken_bytes += message.size();
+        if (!m_owner.deliver(m_session, std::move(message), false)) {
           m_paused = true;
           return;
         }
@@ -614,7 +743,8 @@ void Connection::on_tick() {
       return fail(Errc::peer_lost, "no frame from " + m_remote + " for " +
                                        std::to_string(c.keepalive_timeout.count()) + " ms");
     }
-    if (now - m_last_tx >= c.keepalive_interval) {
+    // relaxed: see m_last_tx.
+    if (now - Clock::time_point(Clock::duration(m_last_tx.load(std::memory_order_relaxed))) >= c.keepalive_interval) {
       // relaxed: read by do_write() on this strand, ordered by the post in kick().
       m_keepalive_due.store(true, std::memory_order_relaxed);
       kick();
@@ -632,6 +762,7 @@ void Connection::fail(Errc errc, const std::string& what) {
   if (m_failed) return;
   if (!m_running) return handshake_failed({errc, what});
   m_failed = true;
+  if (m_round_delivered) wake_getters();
   close_socket();
   if (m_session) m_session->link_down(this, ferry_code(errc));
   m_transport.link_ended(shared_from_this(), true);
@@ -645,6 +776,10 @@ void Connection::shutdown(std::error_code why) {
       // reset the connection and could destroy them), send FIN, wait briefly for the peer's.
       self->m_draining = true;
       self->m_paused = false;
+      {
+        const std::lock_guard lock(self->m_inline_mutex);  // nothing more is written
+        self->m_inline_fd = -1;
+      }
       self->m_drain_deadline = Clock::now() + std::chrono::seconds(2);
       error_code ec;
       self->m_stream.socket().shutdown(tcp::socket::shutdown_send, ec);
@@ -667,6 +802,10 @@ void Connection::abort() {
 void Connection::close_socket() {
   error_code ec;
   m_timer.cancel();
+  {
+    const std::lock_guard lock(m_inline_mutex);  // no inline sendmsg() is using the descriptor
+    m_inline_fd = -1;
+  }
   m_stream.socket().close(ec);
   if (m_draining) {
     m_draining = false;
