@@ -533,6 +533,7 @@ struct CommRoleArgs {
   std::uint64_t count = 0;
   std::uint64_t warmup = 0;
   unsigned workers = 1;
+  unsigned receive_spin_us = 0;
   std::string payload = "borrowed";
   int timeout = 30;
 };
@@ -546,6 +547,7 @@ int comm_server_role(const CommRoleArgs& a) {
   Options o;
   o.endpoint = a.transport + "://127.0.0.1:0";
   o.workers = a.workers;
+  o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
   if (a.transport == "tls") {
     o.security.certificate = fs::path(a.cert_dir) / "server.pem";
     o.security.key = fs::path(a.cert_dir) / "server.key";
@@ -623,6 +625,7 @@ int comm_client_role(const CommRoleArgs& a) {
   Options o;
   o.endpoint = a.endpoint;
   o.workers = a.workers;
+  o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
   if (a.transport == "tls") {
     o.security.ca = fs::path(a.cert_dir) / "ca.pem";
     o.security.server_name = "localhost";
@@ -719,6 +722,7 @@ struct CommArgs {
   int reps = 3;
   std::string pin = "auto";
   unsigned workers = 1;
+  unsigned receive_spin_us = 0;
   std::string payload = "borrowed";
   std::size_t asio_batch = 1;
   int timeout = 30;
@@ -736,6 +740,7 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
   std::vector<std::string> common{"--transport", a.transport,
                                   "--size",      std::to_string(size),
                                   "--workers",   std::to_string(a.workers),
+                                  "--receive-spin", std::to_string(a.receive_spin_us),
                                   "--timeout",   std::to_string(a.timeout)};
   if (a.transport == "tls")
     common.insert(common.end(), {"--cert-dir", cert_dir.string()});
@@ -869,18 +874,20 @@ int comm_main(CommArgs a) {
     if (a.pingpong) {
       std::printf("ferry-bench comm --pingpong: %s over loopback, %llu round trips timed after "
                   "%llu warm-up, pin %s "
-                  "(client,server), %d run%s per size (median); Ferry: %s payloads, %u worker%s\n",
+                  "(client,server), %d run%s per size (median); Ferry: %s payloads, %u worker%s, "
+                  "receive spin %u us\n",
                   a.transport.c_str(), static_cast<unsigned long long>(a.count),
                   static_cast<unsigned long long>(a.warmup), pin_text(pin).c_str(), a.reps,
-                  a.reps == 1 ? "" : "s", a.payload.c_str(), a.workers, a.workers == 1 ? "" : "s");
+                  a.reps == 1 ? "" : "s", a.payload.c_str(), a.workers, a.workers == 1 ? "" : "s",
+                  a.receive_spin_us);
       std::printf("%10s %10s %10s %10s  %-6s %s\n", "size", "p50 us", "p99 us", "mean us", "impl",
                   "");
     } else {
       std::printf("ferry-bench comm: %s streaming over loopback, pin %s (client,server), %d x %.1f "
                   "s per size "
-                  "(median); Ferry: %s payloads, %u worker%s%s\n",
+                  "(median); Ferry: %s payloads, %u worker%s, receive spin %u us%s\n",
                   a.transport.c_str(), pin_text(pin).c_str(), a.reps, a.seconds, a.payload.c_str(),
-                  a.workers, a.workers == 1 ? "" : "s",
+                  a.workers, a.workers == 1 ? "" : "s", a.receive_spin_us,
                   with_asio ? ("; asio: batch " + std::to_string(a.asio_batch)).c_str() : "");
       std::printf("%10s %14s %10s %10s %7s  %-6s %s\n", "size", "msgs/s", "GB/s", "Gbit/s",
                   "spread", "impl", "");
@@ -932,6 +939,7 @@ int comm_main(CommArgs a) {
         if (ferry_impl) {
           j["payload"] = a.payload;
           j["workers"] = a.workers;
+          j["receive_spin_us"] = a.receive_spin_us;
           if (ratio > 0)
             j["ratio_to_asio"] = ratio;
         } else if (!a.pingpong) {
@@ -1458,6 +1466,11 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->check(CLI::Range(1u, 256u))
       ->capture_default_str();
   comm_cmd
+      ->add_option("--receive-spin", comm->receive_spin_us,
+                   "Ferry's Options::receive_spin in microseconds (get() polls before it sleeps)")
+      ->check(CLI::Range(0u, 10'000u))
+      ->capture_default_str();
+  comm_cmd
       ->add_option(
           "--payload", comm->payload,
           "borrowed (Payload::borrow of one buffer, zero-copy) | owned (a new Bytes copy per put)")
@@ -1486,6 +1499,7 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
     cmd->add_option("--count", role->count);
     cmd->add_option("--warmup", role->warmup);
     cmd->add_option("--workers", role->workers);
+    cmd->add_option("--receive-spin", role->receive_spin_us);
     cmd->add_option("--timeout", role->timeout);
   }
   client_cmd->add_option("--endpoint", role->endpoint)->required();

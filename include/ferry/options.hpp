@@ -87,6 +87,11 @@ struct Options {
   SecurityOptions security{};
   /// Threads that run the network I/O (one event loop shared by every connection).
   unsigned workers = 1;
+  /// A blocking get() that finds nothing polls the receive queue this long before it sleeps:
+  /// a round trip then costs no wake-up on either side (see the README for loopback figures)
+  /// at the price of a busy CPU while it polls. Zero (the default) sleeps at once; ignored
+  /// when the process may run on one CPU only. At most 10 ms.
+  std::chrono::microseconds receive_spin{0};
   /// A peer connected (or reconnected and resumed its session).
   std::function<void(const PeerId&)> on_connect;
   /// A peer's connection ended: Errc::closed for a clean close, Errc::peer_lost for EOF, a

@@ -3,7 +3,10 @@
 // it. Layer: src/core.
 #include "core/communicator_impl.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
+#include <thread>
 
 #include <boost/container/small_vector.hpp>
 
@@ -33,6 +36,9 @@ void check_options(const Options& o) {
     bad("timeouts must be positive");
   }
   if (o.workers == 0 || o.workers > 256) bad("workers must be in [1, 256]");
+  if (o.receive_spin.count() < 0 || o.receive_spin > std::chrono::milliseconds(10)) {
+    bad("receive_spin must be in [0, 10 ms]");
+  }
   if (o.id.is_nil()) bad("id must not be the nil UUID");
 }
 
@@ -41,6 +47,10 @@ void check_options(const Options& o) {
 CommunicatorImpl::CommunicatorImpl(Purpose purpose, Options options, Endpoint endpoint)
     : m_purpose(purpose), m_options(std::move(options)), m_endpoint(std::move(endpoint)) {
   check_options(m_options);
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const bool several_cpus = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) >= 2;
+  m_get_spin = several_cpus ? m_options.receive_spin : std::chrono::microseconds::zero();
 }
 
 CommunicatorImpl::~CommunicatorImpl() {
@@ -122,6 +132,8 @@ bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes me
     session->rx_bytes += size;
     m_rx_bytes += size;
     m_rx.push_back(Received{Message{session->peer(), std::move(message)}, session});
+    // relaxed: a hint for get()'s spin, which re-checks under m_rx_mutex.
+    m_rx_count.store(m_rx.size(), std::memory_order_relaxed);
     const auto& c = m_options.connection;
     if (session->rx_messages >= c.receive_queue_messages || session->rx_bytes >= c.receive_queue_bytes) {
       session->rx_paused = true;
@@ -136,6 +148,8 @@ std::optional<Message> CommunicatorImpl::pop_locked(std::unique_lock<std::mutex>
   if (m_rx.empty()) return std::nullopt;
   Received r = std::move(m_rx.front());
   m_rx.pop_front();
+  // relaxed: as in deliver().
+  m_rx_count.store(m_rx.size(), std::memory_order_relaxed);
   const std::size_t size = r.message.data.size();
   m_rx_bytes -= size;
   Session& s = *r.session;
@@ -163,6 +177,17 @@ void CommunicatorImpl::throw_if_done_locked() const {
 }
 
 std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
+  // Options::receive_spin: spin, then sleep. A reply that comes within the spin is taken
+  // without a wake-up (a futex call and a context switch on each side of a round trip).
+  // relaxed: a hint; the queue is checked again under m_rx_mutex.
+  if (m_get_spin.count() > 0 && m_rx_count.load(std::memory_order_relaxed) == 0 &&
+      timeout > std::chrono::nanoseconds::zero()) {
+    const auto until = std::chrono::steady_clock::now() + std::min<std::chrono::nanoseconds>(timeout, m_get_spin);
+    // relaxed: as above.
+    while (m_rx_count.load(std::memory_order_relaxed) == 0 && !closed() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::yield();  // a sibling hyperthread or a third thread may need the CPU
+    }
+  }
   std::unique_lock lock(m_rx_mutex);
   const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
   if (timeout == std::chrono::nanoseconds::max()) {

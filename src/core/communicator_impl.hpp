@@ -98,6 +98,8 @@ class CommunicatorImpl {
   std::condition_variable m_rx_cv;
   std::deque<Received> m_rx;
   std::uint64_t m_rx_bytes = 0;
+  std::atomic<std::size_t> m_rx_count{0};  // m_rx.size(), readable without the lock
+  std::chrono::microseconds m_get_spin{0};  // receive_spin, or 0 when this process has one CPU
   std::error_code m_terminal;  // client: why the session with the server ended
 
   std::condition_variable m_ended_cv;  // with m_sessions_mutex: a session ended

@@ -301,9 +301,12 @@ TEST_P(Conformance, ClientCloseFlushesItsMessagesFirst) {
 
 TEST_P(Conformance, RoundTripsNeverStall) {
   // Request and reply, one at a time: every read round that delivers a message must wake
-  // get(), also when an ack-only round follows it.
+  // get(), also when an ack-only round follows it. The client polls before it sleeps
+  // (receive_spin), the server sleeps at once: both paths of get().
   auto server = open(Purpose::server, server_options());
-  auto client = open(Purpose::client, client_options(server));
+  Options co = client_options(server);
+  co.receive_spin = std::chrono::microseconds(50);
+  auto client = open(Purpose::client, co);
   std::thread echo([&] {
     for (int i = 0; i < 3000; ++i) {
       std::optional<Message> m = server.get_for(5s);

@@ -34,6 +34,8 @@ TEST(Options, BadSettingsAreRefusedByName) {
   EXPECT_NE(refusal([](Options& o) { o.connection.keepalive_timeout = o.connection.keepalive_interval; }).find("keepalive"),
             std::string::npos);
   EXPECT_NE(refusal([](Options& o) { o.workers = 0; }).find("workers"), std::string::npos);
+  EXPECT_NE(refusal([](Options& o) { o.receive_spin = std::chrono::milliseconds(11); }).find("receive_spin"),
+            std::string::npos);
   EXPECT_NE(refusal([](Options& o) { o.id = PeerId{}; }).find("nil UUID"), std::string::npos);
 }
 
