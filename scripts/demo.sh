@@ -61,8 +61,10 @@ echo
 echo "-- the same over TLS (OpenSSL, TLS 1.3), 2 MiB messages"
 "$bench" comm --transport tls --size 2M --impl ferry,asio --seconds "$seconds" --reps "$reps" --pin auto
 echo
-echo "-- 64 B round trips over TCP"
-"$bench" comm --transport tcp --size 64 --pingpong --count 10000 --impl ferry,asio --reps 1
+echo "-- 64 B round trips over TCP (processes pinned to one CPU each: get() sleeps at once)"
+"$bench" comm --transport tcp --size 64 --pingpong --count 10000 --impl ferry,asio --reps 3
+echo "-- the same unpinned, Ferry's get() polling 50 us before it sleeps (Options::receive_spin)"
+"$bench" comm --transport tcp --size 64 --pingpong --count 10000 --impl ferry,asio --reps 3 --pin none --receive-spin 50
 echo
 echo "-- net-queue's iops workload: 500 x 2 MiB, sync (client puts all, then gets all back)"
 "$bench" iops tcp pair sync --step-size 0 --max-size 21 --reps 500
