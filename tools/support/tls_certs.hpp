@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // TlsCerts: a throw-away CA and certificates (EC P-256) generated with the openssl CLI into a
-// fresh temporary directory, for TLS tests (test support layer).
+// fresh temporary directory, for the TLS tests and ferry-bench's TLS runs (tools/ layer).
 #pragma once
 
 #include <chrono>
