@@ -177,22 +177,26 @@ void CommunicatorImpl::throw_if_done_locked() const {
 }
 
 std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
+  using Clock = std::chrono::steady_clock;
+  const bool forever = timeout == std::chrono::nanoseconds::max();
+  const Clock::time_point start = Clock::now();
   // Options::receive_spin: spin, then sleep. A reply that comes within the spin is taken
   // without a wake-up (a futex call and a context switch on each side of a round trip).
+  // The spin counts against the timeout.
   // relaxed: a hint; the queue is checked again under m_rx_mutex.
   if (m_get_spin.count() > 0 && m_rx_count.load(std::memory_order_relaxed) == 0 &&
       timeout > std::chrono::nanoseconds::zero()) {
-    const auto until = std::chrono::steady_clock::now() + std::min<std::chrono::nanoseconds>(timeout, m_get_spin);
+    const auto until = start + std::min<std::chrono::nanoseconds>(timeout, m_get_spin);
     // relaxed: as above.
-    while (m_rx_count.load(std::memory_order_relaxed) == 0 && !closed() && std::chrono::steady_clock::now() < until) {
+    while (m_rx_count.load(std::memory_order_relaxed) == 0 && !closed() && Clock::now() < until) {
       std::this_thread::yield();  // a sibling hyperthread or a third thread may need the CPU
     }
   }
   std::unique_lock lock(m_rx_mutex);
   const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
-  if (timeout == std::chrono::nanoseconds::max()) {
+  if (forever) {
     m_rx_cv.wait(lock, ready);
-  } else if (!m_rx_cv.wait_for(lock, timeout, ready)) {
+  } else if (!m_rx_cv.wait_until(lock, start + timeout, ready)) {
     return std::nullopt;
   }
   if (auto m = pop_locked(lock)) return m;

@@ -155,31 +155,31 @@ bool Session::fill(framing::Batch& batch, WriteRecord& record, bool keepalive) {
   return true;
 }
 
-void Session::write_over_locked(std::deque<OutMsg>& fail_now) {
+void Session::write_over_locked(std::vector<OutMsg>& fail_now) noexcept {
   if (m_writes_in_flight > 0) --m_writes_in_flight;
+  // A vector moves out without allocating; an empty one costs nothing per write.
   if (m_writes_in_flight == 0) fail_now.swap(m_fail_after_write);
 }
 
+void Session::fail_parked(std::vector<OutMsg>& fail_now) const {
+  for (OutMsg& m : fail_now) m.state->fail(m.slot, m_fail_after_write_why);
+}
+
 void Session::write_failed(WriteRecord& record) {
-  std::deque<OutMsg> fail_now;
-  std::error_code why;
+  std::vector<OutMsg> fail_now;
   {
     const std::lock_guard lock(m_mutex);
     write_over_locked(fail_now);
-    why = m_fail_after_write_why;
   }
   record.clear();
-  for (OutMsg& m : fail_now) m.state->fail(m.slot, why);
+  fail_parked(fail_now);
 }
 
 void Session::written(WriteRecord& record) {
   bool end_now = false;
-  std::deque<OutMsg> fail_now;
-  std::error_code why;
+  std::vector<OutMsg> fail_now;
   {
     const std::lock_guard lock(m_mutex);
-    write_over_locked(fail_now);
-    why = m_fail_after_write_why;
     if (!record.completed_ids.empty() && !m_out.empty()) {
       const std::uint64_t front = m_out.front().id;
       for (const std::uint64_t id : record.completed_ids) {
@@ -195,11 +195,12 @@ void Session::written(WriteRecord& record) {
       m_close_sent = true;
       end_now = m_peer_closed;  // our close answered theirs: done
     }
+    write_over_locked(fail_now);  // last: nothing above may throw with the parked puts taken
   }
   // Outside the session lock: a put() on another thread is not held up by the notifications.
   for (auto& [state, slot] : record.sent) state->sent(slot);
   record.sent.clear();
-  for (OutMsg& m : fail_now) m.state->fail(m.slot, why);
+  fail_parked(fail_now);
   if (end_now) end(make_error_code(Errc::closed));
 }
 
@@ -333,7 +334,8 @@ void Session::end(std::error_code why) {
     link = std::move(m_link);
     if (m_writes_in_flight > 0) {
       // A write may still read these payloads: they fail when it is over.
-      m_fail_after_write = std::move(failed);
+      m_fail_after_write.reserve(failed.size());
+      for (OutMsg& m : failed) m_fail_after_write.push_back(std::move(m));
       m_fail_after_write_why = why;
       failed.clear();
     }

@@ -118,7 +118,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::uint32_t slot;
   };
   /// A write ended (written or failed): fails what end() set aside once none is in flight.
-  void write_over_locked(std::deque<OutMsg>& fail_now);
+  void write_over_locked(std::vector<OutMsg>& fail_now) noexcept;
+  void fail_parked(std::vector<OutMsg>& fail_now) const;
 
   CommunicatorImpl& m_owner;
   const PeerId m_peer;
@@ -144,7 +145,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::uint64_t m_conn_acked = 0;      // of those, received by the peer (its acks)
   std::uint64_t m_peer_delivered = 0;  // highest id the peer acknowledged
   std::uint32_t m_writes_in_flight = 0;  // fill() calls not yet answered by written()/write_failed()
-  std::deque<OutMsg> m_fail_after_write;  // ended while a write was in flight: fail when it is over
+  std::vector<OutMsg> m_fail_after_write;  // ended while a write was in flight: fail when it is over
   std::error_code m_fail_after_write_why;
   // Receive side.
   std::uint64_t m_next_expected = 1;

@@ -128,7 +128,9 @@ class Stream {
   std::optional<ssl::stream<tcp::socket>> m_tls;
 };
 
-/// One connection. Everything but kick(), resume_reading() and shutdown() runs on its strand.
+/// One connection. Everything runs on its strand except kick(), resume_reading() and
+/// shutdown(), and the writer role (next_batch(), write_inline()), which whoever wins it in
+/// kick() holds, on any thread.
 class Connection final : public Link, public std::enable_shared_from_this<Connection> {
  public:
   enum class Role { server, client };
@@ -264,7 +266,7 @@ class TcpTransport final : public Transport {
   void reconnect_later(std::chrono::milliseconds delay);
   /// One I/O thread. A handler that throws (std::bad_alloc, a throwing user callback) must not
   /// end the process: the loop goes on; the failing handler's connection times out on its own.
-  void run_loop() noexcept;
+  void run_loop(bool poll_only = false) noexcept;
 
   CommunicatorImpl& m_owner;
   const Endpoint m_endpoint;
@@ -294,7 +296,11 @@ Connection::Connection(TcpTransport& transport, Role role)
       m_stream(m_strand, transport.tls()),
       m_timer(m_strand),
       m_rbuf(kReadBuffer),
-      m_batch(transport.conn().merge_size) {}
+      m_batch(transport.conn().merge_size) {
+  // A batch has at most kMaxBuffers + 2 pieces: the writer role never allocates for them.
+  m_wbufs.reserve(framing::Batch::kMaxBuffers + 4);
+  m_iov.reserve(framing::Batch::kMaxBuffers + 4);
+}
 
 Connection::~Connection() {
   // A write whose completion handler was dropped (the event loop stopped): nothing reads its
@@ -501,14 +507,17 @@ void Connection::do_write() {
 }
 
 bool Connection::write_inline() {
+  // Held from the fill to the hand-off: a batch handed to the strand is posted before
+  // close_socket() can run, so TcpTransport::stop()'s poll() still answers it.
   std::unique_lock lock(m_inline_mutex);
   if (m_inline_fd < 0) return false;
   // m_session was set before run() published m_inline_fd under this mutex.
   if (!next_batch()) return true;
   // relaxed: see m_last_tx.
   const Clock::time_point last_tx{Clock::duration(m_last_tx.load(std::memory_order_relaxed))};
-  if (m_batch.bytes() < kInlineAlwaysFrom && Clock::now() - last_tx < kInlineIdleAfter) {
-    lock.unlock();
+  // The close frame goes from the strand: its written() may end the session, and the end's
+  // callbacks (on_disconnect) run on Ferry's threads, never on the caller's.
+  if (m_record.close || (m_batch.bytes() < kInlineAlwaysFrom && Clock::now() - last_tx < kInlineIdleAfter)) {
     write_rest_on_strand();
     return true;
   }
@@ -523,8 +532,8 @@ bool Connection::write_inline() {
   msg.msg_iovlen = m_iov.size();
   const ssize_t n = ::sendmsg(m_inline_fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   const int err = errno;
-  lock.unlock();
   if (n >= 0 && static_cast<std::size_t>(n) == total) {
+    lock.unlock();
     m_write_pending = false;
     // relaxed: see m_last_tx.
     m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
@@ -533,8 +542,7 @@ bool Connection::write_inline() {
     // writes other threads' messages for long.
     // sync(link.writing) seq_cst store: partner of the exchange in kick().
     m_writing.store(false, std::memory_order_seq_cst);
-    // sync(link.want_write) seq_cst load: as in next_batch().
-    // sync(link.writing) seq_cst exchange: as in next_batch().
+    // sync(link.want_write) seq_cst load, sync(link.writing) seq_cst exchange: as in next_batch().
     if (m_want_write.load(std::memory_order_seq_cst) && !m_writing.exchange(true, std::memory_order_seq_cst)) {
       asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
     }
@@ -641,8 +649,11 @@ void Connection::end_round() {
   // Wake get() once per burst, not once per read: when the socket has nothing more, when we
   // stop reading, or every kWakeEveryRounds reads or kWakeEveryBytes of a long stream. A reader that keeps up
   // with a stream would otherwise be woken (a context switch) for every message.
-  if (m_round_delivered && (socket_idle || m_paused || ++m_unwoken_rounds >= kWakeEveryRounds ||
-                            m_unwoken_bytes >= kWakeEveryBytes)) {
+  // A large direct read next would hold the delivered messages back until it completes.
+  const bool long_read_next = m_in_payload && m_rbegin == m_rend &&
+                              m_reassembler.chunk_target().size() >= kWakeEveryBytes;
+  if (m_round_delivered && (socket_idle || m_paused || long_read_next ||
+                            ++m_unwoken_rounds >= kWakeEveryRounds || m_unwoken_bytes >= kWakeEveryBytes)) {
     wake_getters();
   }
   if (!m_round_progress) return;
@@ -745,7 +756,7 @@ void Connection::on_tick() {
     }
     // relaxed: see m_last_tx.
     if (now - Clock::time_point(Clock::duration(m_last_tx.load(std::memory_order_relaxed))) >= c.keepalive_interval) {
-      // relaxed: read by do_write() on this strand, ordered by the post in kick().
+      // relaxed: read by next_batch(), ordered by kick()'s seq_cst store of m_want_write.
       m_keepalive_due.store(true, std::memory_order_relaxed);
       kick();
     }
@@ -771,6 +782,7 @@ void Connection::fail(Errc errc, const std::string& what) {
 void Connection::shutdown(std::error_code why) {
   asio::post(m_strand, [self = shared_from_this(), why] {
     if (self->m_failed || self->m_draining) return;
+    if (self->m_round_delivered) self->wake_getters();
     if (why == ferry_code(Errc::closed) && self->m_running) {
       // A clean end: let the bytes already written arrive (closing with unread input would
       // reset the connection and could destroy them), send FIN, wait briefly for the peer's.
@@ -838,10 +850,14 @@ TcpTransport::TcpTransport(CommunicatorImpl& owner)
   }
 }
 
-void TcpTransport::run_loop() noexcept {
+void TcpTransport::run_loop(bool poll_only) noexcept {
   for (;;) {
     try {
-      m_io.run();
+      if (poll_only) {
+        m_io.poll();
+      } else {
+        m_io.run();
+      }
       return;
     } catch (...) {  // NOLINT(bugprone-empty-catch): see the declaration; run() resumes the loop
     }
@@ -1046,7 +1062,7 @@ void TcpTransport::stop() {
   // Run what the stop left ready (aborts, cancelled writes), so every write in flight is
   // answered and the puts it carried fail now rather than when the transport is destroyed.
   m_io.restart();
-  m_io.poll();
+  run_loop(true);
 }
 
 }  // namespace
