@@ -323,6 +323,40 @@ TEST_P(Conformance, RoundTripsNeverStall) {
   echo.join();
 }
 
+TEST_P(Conformance, PutsRacingCloseAllComplete) {
+  // A thread puts while another closes: every handle completes (delivered or failed), none
+  // is left waiting on a write nobody answers.
+  // The server never reads: close() gives up on the flush after close_timeout.
+  for (int round = 0; round < 3; ++round) {
+    auto server = open(Purpose::server, server_options());
+    Options co = client_options(server);
+    co.connection.close_timeout = std::chrono::milliseconds(100);
+    std::optional<Communicator> client = open(Purpose::client, co);
+    std::vector<std::byte> big(64 << 10, std::byte{1});
+    std::vector<PutHandle> handles;
+    std::atomic<bool> stop{false};
+    std::thread putter([&] {
+      // relaxed: a stop flag; the handles are read after join.
+      while (!stop.load(std::memory_order_relaxed) && handles.size() < 4000) {
+        handles.push_back(client->put(Payload::borrow(big)));
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(2 + round));
+    client->close();
+    stop.store(true, std::memory_order_relaxed);  // relaxed: as above
+    putter.join();
+    for (std::size_t i = 0; i < handles.size(); ++i) {
+      bool completed = true;  // delivered, or failed (closed): either way it completed
+      try {
+        completed = handles[i].wait_delivered_for(kWait);
+      } catch (const Error&) {
+      }
+      ASSERT_TRUE(completed) << "round " << round << ": put " << i << " never completed";
+    }
+    client.reset();
+  }
+}
+
 TEST_P(Conformance, MessageTakenJustBeforeCloseIsDelivered) {
   // What a server get()s is acknowledged by its close, however soon the close follows: the
   // client's put never fails with closed for a message the server has.
