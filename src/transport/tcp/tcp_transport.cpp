@@ -169,6 +169,10 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   /// The writer role's next batch from the session (m_batch, m_record, m_wbufs). False: nothing
   /// is due and the role was released (or handed to a concurrent kick()).
   bool next_batch();
+  /// Gives up the writer role. True when a kick() that came meanwhile left the work to us and
+  /// the role was taken back (the caller writes again); false when nothing is due or the
+  /// kick() took the role itself.
+  bool release_writer();
   /// Writer role, on the strand: write batches until nothing is due.
   void do_write();
   /// Writer role, any thread (plain TCP): one batch with one non-blocking sendmsg() on the
@@ -484,14 +488,18 @@ bool Connection::next_batch() {
       for (const auto& b : m_batch.buffers()) m_wbufs.emplace_back(b.data(), b.size());
       return true;
     }
-    // sync(link.writing) seq_cst store: partner of the exchange in kick().
-    m_writing.store(false, std::memory_order_seq_cst);
-    // sync(link.want_write) seq_cst load: pairs with the store in kick(); a kick that came
-    // between fill() and the store above is seen here (or its exchange saw writing == false).
-    if (!m_want_write.load(std::memory_order_seq_cst)) return false;
-    // sync(link.writing) seq_cst exchange: reclaim the writer role unless a kick() took it.
-    if (m_writing.exchange(true, std::memory_order_seq_cst)) return false;
+    if (!release_writer()) return false;
   }
+}
+
+bool Connection::release_writer() {
+  // sync(link.writing) seq_cst store: partner of the exchange in kick().
+  m_writing.store(false, std::memory_order_seq_cst);
+  // sync(link.want_write) seq_cst load: pairs with the store in kick(); a kick that came
+  // before the store above is seen here (or its exchange saw writing == false).
+  if (!m_want_write.load(std::memory_order_seq_cst)) return false;
+  // sync(link.writing) seq_cst exchange: reclaim the writer role unless a kick() took it.
+  return !m_writing.exchange(true, std::memory_order_seq_cst);
 }
 
 void Connection::do_write() {
@@ -540,12 +548,7 @@ bool Connection::write_inline() {
     m_session->written(m_record);
     // One batch per caller: more that is due is written on the strand, so a put() never
     // writes other threads' messages for long.
-    // sync(link.writing) seq_cst store: partner of the exchange in kick().
-    m_writing.store(false, std::memory_order_seq_cst);
-    // sync(link.want_write) seq_cst load, sync(link.writing) seq_cst exchange: as in next_batch().
-    if (m_want_write.load(std::memory_order_seq_cst) && !m_writing.exchange(true, std::memory_order_seq_cst)) {
-      asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
-    }
+    if (release_writer()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
     return true;
   }
   if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
@@ -647,9 +650,10 @@ void Connection::end_round() {
   error_code ec;
   const bool socket_idle = m_stream.socket().available(ec) == 0;
   // Wake get() once per burst, not once per read: when the socket has nothing more, when we
-  // stop reading, or every kWakeEveryRounds reads or kWakeEveryBytes of a long stream. A reader that keeps up
-  // with a stream would otherwise be woken (a context switch) for every message.
-  // A large direct read next would hold the delivered messages back until it completes.
+  // stop reading, before a large direct read (it would hold the delivered messages back until
+  // it completes), or every kWakeEveryRounds reads or kWakeEveryBytes of a long stream. A
+  // reader that keeps up with a stream would otherwise be woken (a context switch) for every
+  // message.
   const bool long_read_next = m_in_payload && m_rbegin == m_rend &&
                               m_reassembler.chunk_target().size() >= kWakeEveryBytes;
   if (m_round_delivered && (socket_idle || m_paused || long_read_next ||
