@@ -19,9 +19,9 @@
 #include <thread>
 #include <vector>
 
-#include "framing/batch.hpp"
+#include "core/frame_reader.hpp"
+#include "core/link_writer.hpp"
 #include "framing/frame.hpp"
-#include "framing/reassembler.hpp"
 
 namespace ferry::detail::tcp {
 namespace {
@@ -39,8 +39,6 @@ constexpr std::size_t kDirectReadAbove = std::size_t{16} << 10;  // read straigh
 // is a stream: the strand writes it, and merges what the producer queues meanwhile.
 constexpr std::size_t kInlineAlwaysFrom = std::size_t{16} << 10;
 constexpr auto kInlineIdleAfter = std::chrono::microseconds(10);
-constexpr unsigned kWakeEveryRounds = 16;
-constexpr std::uint64_t kWakeEveryBytes = std::uint64_t{256} << 10;
 
 std::error_code ferry_code(Errc e) { return make_error_code(e); }
 
@@ -161,18 +159,13 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
 
   void read_more();
   void on_read(const error_code& ec, std::size_t n, bool direct);
+  /// Feeds the buffered bytes to the frame reader.
   void process();
   /// After a read round: wake get() once, account received bytes, acknowledge if due.
   void end_round();
-  /// Wakes get() for the messages delivered since the last wake-up.
-  void wake_getters();
-  /// The writer role's next batch from the session (m_batch, m_record, m_wbufs). False: nothing
-  /// is due and the role was released (or handed to a concurrent kick()).
+  /// The writer role's next batch from the session (m_writer, m_wbufs). False: nothing is due
+  /// and the role was released (or handed to a concurrent kick()).
   bool next_batch();
-  /// Gives up the writer role. True when a kick() that came meanwhile left the work to us and
-  /// the role was taken back (the caller writes again); false when nothing is due or the
-  /// kick() took the role itself.
-  bool release_writer();
   /// Writer role, on the strand: write batches until nothing is due.
   void do_write();
   /// Writer role, any thread (plain TCP): one batch with one non-blocking sendmsg() on the
@@ -210,25 +203,12 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   std::vector<std::byte> m_rbuf;
   std::size_t m_rbegin = 0;
   std::size_t m_rend = 0;
-  bool m_in_payload = false;
   bool m_reading = false;
-  bool m_paused = false;
-  framing::Reassembler m_reassembler;
-  std::uint64_t m_round_bytes = 0;    // payload bytes taken in this read round
-  bool m_round_progress = false;      // a data frame arrived in this round
-  bool m_round_delivered = false;     // messages went to the receive queue, get() not woken yet
-  unsigned m_unwoken_rounds = 0;      // read rounds since get() was last woken
-  std::uint64_t m_unwoken_bytes = 0;  // bytes delivered since get() was last woken
-  std::uint64_t m_unacked_bytes = 0;  // payload bytes received since the last ack request
+  FrameReader m_reader;
   Clock::time_point m_last_rx{};
 
-  // Writer.
-  std::atomic<bool> m_writing{false};
-  std::atomic<bool> m_want_write{false};
-  std::atomic<bool> m_keepalive_due{false};
-  framing::Batch m_batch;
-  WriteRecord m_record;
-  bool m_write_pending = false;  // m_record awaits written()/write_failed() (writer role owns it)
+  // Writer (the role's holder owns m_writer's batch and record, and m_wbufs, m_iov).
+  LinkWriter m_writer;
   std::vector<asio::const_buffer> m_wbufs;
   std::vector<iovec> m_iov;
   // relaxed everywhere: a time stamp for the keep-alive timer, set by whichever thread wrote.
@@ -300,7 +280,8 @@ Connection::Connection(TcpTransport& transport, Role role)
       m_stream(m_strand, transport.tls()),
       m_timer(m_strand),
       m_rbuf(kReadBuffer),
-      m_batch(transport.conn().merge_size) {
+      m_reader(m_owner),
+      m_writer(transport.conn().merge_size) {
   // A batch has at most kMaxBuffers + 2 pieces: the writer role never allocates for them.
   m_wbufs.reserve(framing::Batch::kMaxBuffers + 4);
   m_iov.reserve(framing::Batch::kMaxBuffers + 4);
@@ -309,7 +290,7 @@ Connection::Connection(TcpTransport& transport, Role role)
 Connection::~Connection() {
   // A write whose completion handler was dropped (the event loop stopped): nothing reads its
   // buffers any more, so what it carried may fail now.
-  if (m_write_pending && m_session) m_session->write_failed(m_record);
+  if (m_writer.pending && m_session) m_session->write_failed(m_writer.record);
 }
 
 void Connection::start(std::function<void(std::optional<Failure>)> done) {
@@ -406,7 +387,7 @@ void Connection::on_hello(const framing::Hello& hello) {
       reply.flags = 0;
     }
     framing::encode_hello(reply, m_hello_out);
-    m_reassembler.reset(next_expected, m_owner.options().connection.message_size);
+    m_reader.start(m_session, next_expected);
     m_stream.async_write_all(asio::buffer(m_hello_out), [self = shared_from_this(), e, why](const error_code& ec, std::size_t) {
       if (self->m_failed) return;
       if (e != Errc{}) return self->handshake_failed({e, "refused client: " + why});
@@ -432,7 +413,7 @@ void Connection::on_hello(const framing::Hello& hello) {
     m_session.reset();
     return handshake_failed({e, "handshake with " + m_remote + ": " + why});
   }
-  m_reassembler.reset(next_expected, m_owner.options().connection.message_size);
+  m_reader.start(m_session, next_expected);
   run();
 }
 
@@ -462,52 +443,20 @@ void Connection::run() {
 }
 
 void Connection::kick() {
-  // sync(link.want_write) seq_cst store: a writer that is finishing must see it (its seq_cst
-  // load of m_want_write in next_batch()), or this thread's exchange below must see the
-  // writer gone. Store-then-load on both sides: seq_cst on all four, as in the ring's wait
-  // handshake.
-  m_want_write.store(true, std::memory_order_seq_cst);
-  // sync(link.writing) seq_cst exchange: partner of the seq_cst store of false in next_batch().
-  // Winning it makes this thread the writer: it owns m_batch, m_record and m_wbufs.
-  if (!m_writing.exchange(true, std::memory_order_seq_cst)) {
+  if (m_writer.claim()) {
     if (!write_inline()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
   }
 }
 
 bool Connection::next_batch() {
-  for (;;) {
-    // sync(link.want_write) seq_cst store: clear before filling; a kick() after it re-arms it.
-    m_want_write.store(false, std::memory_order_seq_cst);
-    m_batch.clear();
-    m_record.clear();
-    // relaxed: a hint set by the keep-alive timer; losing a race only delays the keep-alive.
-    const bool keepalive = m_keepalive_due.exchange(false, std::memory_order_relaxed);
-    if (m_session->fill(m_batch, m_record, keepalive)) {
-      m_write_pending = true;
-      m_wbufs.clear();
-      for (const auto& b : m_batch.buffers()) m_wbufs.emplace_back(b.data(), b.size());
-      return true;
-    }
-    if (!release_writer()) return false;
-  }
-}
-
-bool Connection::release_writer() {
-  // sync(link.writing) seq_cst store: partner of the exchange in kick().
-  m_writing.store(false, std::memory_order_seq_cst);
-  // sync(link.want_write) seq_cst load: pairs with the store in kick(); a kick that came
-  // before the store above is seen here (or its exchange saw writing == false).
-  if (!m_want_write.load(std::memory_order_seq_cst)) return false;
-  // sync(link.writing) seq_cst exchange: reclaim the writer role unless a kick() took it.
-  return !m_writing.exchange(true, std::memory_order_seq_cst);
+  if (!m_writer.next(*m_session)) return false;
+  m_wbufs.clear();
+  for (const auto& b : m_writer.batch.buffers()) m_wbufs.emplace_back(b.data(), b.size());
+  return true;
 }
 
 void Connection::do_write() {
-  if (m_failed || !m_session || !m_running) {  // run() kicks again once the handshake is over
-    // sync(link.writing) seq_cst store: partner of the exchange in kick().
-    m_writing.store(false, std::memory_order_seq_cst);
-    return;
-  }
+  if (m_failed || !m_session || !m_running) return m_writer.drop();  // run() kicks again
   if (!next_batch()) return;
   m_stream.async_write_all(m_wbufs, [self = shared_from_this()](const error_code& ec, std::size_t) {
     self->on_written(ec);
@@ -525,7 +474,7 @@ bool Connection::write_inline() {
   const Clock::time_point last_tx{Clock::duration(m_last_tx.load(std::memory_order_relaxed))};
   // The close frame goes from the strand: its written() may end the session, and the end's
   // callbacks (on_disconnect) run on Ferry's threads, never on the caller's.
-  if (m_record.close || (m_batch.bytes() < kInlineAlwaysFrom && Clock::now() - last_tx < kInlineIdleAfter)) {
+  if (m_writer.record.close || (m_writer.batch.bytes() < kInlineAlwaysFrom && Clock::now() - last_tx < kInlineIdleAfter)) {
     write_rest_on_strand();
     return true;
   }
@@ -542,13 +491,13 @@ bool Connection::write_inline() {
   const int err = errno;
   if (n >= 0 && static_cast<std::size_t>(n) == total) {
     lock.unlock();
-    m_write_pending = false;
+    m_writer.pending = false;
     // relaxed: see m_last_tx.
     m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-    m_session->written(m_record);
+    m_session->written(m_writer.record);
     // One batch per caller: more that is due is written on the strand, so a put() never
     // writes other threads' messages for long.
-    if (release_writer()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+    if (m_writer.release()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
     return true;
   }
   if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
@@ -575,25 +524,24 @@ void Connection::write_rest_on_strand() {
 }
 
 void Connection::on_written(const error_code& ec) {
-  m_write_pending = false;
+  m_writer.pending = false;
   if (m_failed || ec) {
-    m_session->write_failed(m_record);
-    // sync(link.writing) seq_cst store: partner of the exchange in kick().
-    m_writing.store(false, std::memory_order_seq_cst);
+    m_session->write_failed(m_writer.record);
+    m_writer.drop();
     if (m_failed) return;
     const Failure f = translate(ec, "write to " + m_remote);
     return fail(f.errc, f.what);
   }
   // relaxed: see m_last_tx.
   m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-  m_session->written(m_record);
+  m_session->written(m_writer.record);
   do_write();
 }
 
 void Connection::read_more() {
-  if (m_failed || m_reading || m_paused) return;
-  if (m_in_payload && m_rbegin == m_rend) {
-    const std::span<std::byte> target = m_reassembler.chunk_target();
+  if (m_failed || m_reading || m_reader.paused()) return;
+  if (m_reader.in_payload() && m_rbegin == m_rend) {
+    const std::span<std::byte> target = m_reader.chunk_target();
     if (target.size() >= kDirectReadAbove) {
       m_reading = true;
       m_stream.async_read_exactly(asio::buffer(target.data(), target.size()),
@@ -603,13 +551,7 @@ void Connection::read_more() {
       return;
     }
   }
-  if (m_rbegin == m_rend) {
-    m_rbegin = m_rend = 0;
-  } else if (m_rbegin > 0 && m_rend - m_rbegin < framing::kHeaderSize) {
-    std::memmove(m_rbuf.data(), m_rbuf.data() + m_rbegin, m_rend - m_rbegin);
-    m_rend -= m_rbegin;
-    m_rbegin = 0;
-  }
+  if (m_rbegin == m_rend) m_rbegin = m_rend = 0;  // the reader keeps split headers itself
   m_reading = true;
   m_stream.async_read_some(asio::buffer(m_rbuf.data() + m_rend, m_rbuf.size() - m_rend),
                            [self = shared_from_this()](const error_code& ec, std::size_t n) {
@@ -631,9 +573,7 @@ void Connection::on_read(const error_code& ec, std::size_t n, bool direct) {
     return read_more();
   }
   if (direct) {
-    m_reassembler.advance(n);
-    m_round_bytes += n;
-    m_round_progress = true;
+    m_reader.advance(n);
   } else {
     m_rend += n;
   }
@@ -644,101 +584,24 @@ void Connection::on_read(const error_code& ec, std::size_t n, bool direct) {
 }
 
 void Connection::end_round() {
-  if (!m_round_progress && !m_round_delivered) return;
-  // Nothing pending in the socket: no read round follows at once (what is still buffered is
-  // a partial frame, which waits for more bytes anyway).
+  if (!m_reader.round_open()) return;
+  // Nothing pending in the socket: no read round follows at once.
   error_code ec;
   const bool socket_idle = m_stream.socket().available(ec) == 0;
-  // Wake get() once per burst, not once per read: when the socket has nothing more, when we
-  // stop reading, before a large direct read (it would hold the delivered messages back until
-  // it completes), or every kWakeEveryRounds reads or kWakeEveryBytes of a long stream. A
-  // reader that keeps up with a stream would otherwise be woken (a context switch) for every
-  // message.
-  const bool long_read_next = m_in_payload && m_rbegin == m_rend &&
-                              m_reassembler.chunk_target().size() >= kWakeEveryBytes;
-  if (m_round_delivered && (socket_idle || m_paused || long_read_next ||
-                            ++m_unwoken_rounds >= kWakeEveryRounds || m_unwoken_bytes >= kWakeEveryBytes)) {
-    wake_getters();
-  }
-  if (!m_round_progress) return;
-  if (m_round_bytes) m_session->received_bytes(m_round_bytes);
-  m_unacked_bytes += m_round_bytes;
-  m_round_bytes = 0;
-  m_round_progress = false;
-  // Acknowledge on the same pauses (and nothing buffered), or every quarter window: one ack
-  // per burst instead of one per read. Acks also ride along with outgoing data
-  // (Session::fill).
-  const bool idle = socket_idle && m_rbegin == m_rend;
-  const std::uint64_t every = std::min<std::uint64_t>(m_transport.conn().send_window / 4, std::uint64_t{4} << 20);
-  if (idle || m_paused || m_unacked_bytes >= every) {
-    m_unacked_bytes = 0;
-    m_session->ack_due();
-  }
-}
-
-void Connection::wake_getters() {
-  m_round_delivered = false;
-  m_unwoken_rounds = 0;
-  m_unwoken_bytes = 0;
-  m_owner.wake_getters();
+  m_reader.end_round(socket_idle, m_rbegin == m_rend);
 }
 
 void Connection::process() {
-  for (;;) {
-    if (m_in_payload) {
-      const std::span<std::byte> target = m_reassembler.chunk_target();
-      const std::size_t take = std::min(target.size(), m_rend - m_rbegin);
-      if (take) {
-        std::memcpy(target.data(), m_rbuf.data() + m_rbegin, take);
-        m_rbegin += take;
-        m_reassembler.advance(take);
-        m_round_bytes += take;
-        m_round_progress = true;
-      }
-      if (!m_reassembler.chunk_done()) return;  // read more of it
-      m_in_payload = false;
-      if (m_reassembler.message_done()) {
-        m_round_delivered = true;
-        Bytes message = m_reassembler.take();
-        m_unwoken_bytes += message.size();
-        if (!m_owner.deliver(m_session, std::move(message), false)) {
-          m_paused = true;
-          return;
-        }
-      }
-      continue;
-    }
-    if (m_rend - m_rbegin < framing::kHeaderSize) return;
-    framing::FrameHeader h;
-    std::string why;
-    Errc e = framing::decode_header(std::span<const std::byte, framing::kHeaderSize>(m_rbuf.data() + m_rbegin, framing::kHeaderSize),
-                                    m_owner.max_chunk(), h, why);
-    if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
-    m_rbegin += framing::kHeaderSize;
-    switch (h.type) {
-      case framing::FrameType::data:
-        e = m_reassembler.begin_chunk(h, why);
-        if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
-        m_in_payload = true;
-        m_round_progress = true;
-        break;
-      case framing::FrameType::ack:
-        e = m_session->on_ack(h.a, h.b, why);
-        if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
-        break;
-      case framing::FrameType::keepalive:
-        break;
-      case framing::FrameType::close:
-        m_session->on_peer_close(static_cast<Errc>(h.a));
-        break;
-    }
-  }
+  Errc e{};
+  std::string why;
+  m_rbegin += m_reader.feed(std::span<const std::byte>(m_rbuf.data() + m_rbegin, m_rend - m_rbegin), e, why);
+  if (e != Errc{}) fail(e, "from " + m_remote + ": " + why);
 }
 
 void Connection::resume_reading() {
   asio::post(m_strand, [self = shared_from_this()] {
-    if (!self->m_paused || self->m_failed) return;
-    self->m_paused = false;
+    if (!self->m_reader.paused() || self->m_failed) return;
+    self->m_reader.resume();
     self->m_last_rx = Clock::now();
     self->process();
     if (self->m_failed) return;
@@ -754,14 +617,13 @@ void Connection::on_tick() {
   if (m_draining) {
     if (now >= m_drain_deadline) return close_socket();
   } else {
-    if (!m_paused && now - m_last_rx >= c.keepalive_timeout) {
+    if (!m_reader.paused() && now - m_last_rx >= c.keepalive_timeout) {
       return fail(Errc::peer_lost, "no frame from " + m_remote + " for " +
                                        std::to_string(c.keepalive_timeout.count()) + " ms");
     }
     // relaxed: see m_last_tx.
     if (now - Clock::time_point(Clock::duration(m_last_tx.load(std::memory_order_relaxed))) >= c.keepalive_interval) {
-      // relaxed: read by next_batch(), ordered by kick()'s seq_cst store of m_want_write.
-      m_keepalive_due.store(true, std::memory_order_relaxed);
+      m_writer.want_keepalive();
       kick();
     }
   }
@@ -777,7 +639,7 @@ void Connection::fail(Errc errc, const std::string& what) {
   if (m_failed) return;
   if (!m_running) return handshake_failed({errc, what});
   m_failed = true;
-  if (m_round_delivered) wake_getters();
+  m_reader.wake_pending();
   close_socket();
   if (m_session) m_session->link_down(this, ferry_code(errc));
   m_transport.link_ended(shared_from_this(), true);
@@ -786,12 +648,12 @@ void Connection::fail(Errc errc, const std::string& what) {
 void Connection::shutdown(std::error_code why) {
   asio::post(m_strand, [self = shared_from_this(), why] {
     if (self->m_failed || self->m_draining) return;
-    if (self->m_round_delivered) self->wake_getters();
+    self->m_reader.wake_pending();
     if (why == ferry_code(Errc::closed) && self->m_running) {
       // A clean end: let the bytes already written arrive (closing with unread input would
       // reset the connection and could destroy them), send FIN, wait briefly for the peer's.
       self->m_draining = true;
-      self->m_paused = false;
+      self->m_reader.resume();
       {
         const std::lock_guard lock(self->m_inline_mutex);  // nothing more is written
         self->m_inline_fd = -1;
