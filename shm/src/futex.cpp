@@ -3,6 +3,7 @@
 #include "ferry/shm/futex.hpp"
 
 #include <linux/futex.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -26,6 +27,11 @@ void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
 void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept {
   ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE, count, nullptr,
             nullptr, 0);
+}
+
+void eventfd_notify(int fd) noexcept {
+  // EAGAIN (the counter at its maximum) still leaves the descriptor readable: the peer wakes.
+  (void)::eventfd_write(fd, 1);
 }
 
 }  // namespace ferry::shm

@@ -3,6 +3,10 @@
 // and empty, closing, corrupt records.
 #include <gtest/gtest.h>
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <string>
 #include <thread>
@@ -339,6 +343,62 @@ TEST_F(ByteRingTest, BlockingPushWaitsForSpace) {
   });
   producer.push(bytes_of("01234567"), std::chrono::seconds(5));
   reader.join();
+}
+
+/// Readable within timeout_ms (then drained).
+bool eventfd_fired(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, timeout_ms) != 1) return false;
+  eventfd_t v = 0;
+  return ::eventfd_read(fd, &v) == 0 && v > 0;
+}
+
+TEST_F(ByteRingTest, ExternalWaitsAreWokenThroughTheEventfds) {
+  const int consumer_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  const int producer_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  ASSERT_GE(consumer_fd, 0);
+  ASSERT_GE(producer_fd, 0);
+  {
+    ByteRing::Producer producer(seg);
+    ByteRing::Consumer consumer(seg);
+    producer.set_peer_wake_fd(consumer_fd);
+    consumer.set_peer_wake_fd(producer_fd);
+    // Empty ring: the consumer may sleep; the next publication writes its eventfd, not the futex.
+    std::span<const std::byte> msg;
+    ASSERT_EQ(consumer.try_peek(msg), Status::would_block);
+    ASSERT_TRUE(consumer.announce_sleep());
+    EXPECT_FALSE(eventfd_fired(consumer_fd, 0));
+    ASSERT_EQ(producer.try_push(bytes_of("wake")), Status::ok);
+    EXPECT_TRUE(eventfd_fired(consumer_fd, 1000));
+    consumer.end_sleep();
+    // Data already visible: the announcement is withdrawn.
+    EXPECT_FALSE(consumer.announce_sleep());
+    ASSERT_EQ(consumer.try_peek(msg), Status::ok);
+    EXPECT_EQ(string_of(msg), "wake");
+    consumer.release();
+    // Full ring: the producer may sleep; the consumer's release writes the producer's eventfd.
+    const std::string big(100, 'x');
+    while (producer.try_push(bytes_of(big)) == Status::ok) {
+    }
+    ASSERT_TRUE(producer.announce_sleep(big.size()));
+    ASSERT_EQ(consumer.try_peek(msg), Status::ok);
+    consumer.release();
+    EXPECT_TRUE(eventfd_fired(producer_fd, 1000));
+    producer.end_sleep();
+    EXPECT_EQ(producer.try_push(bytes_of(big)), Status::ok);
+    // Nobody sleeps: no wake-up is written.
+    ASSERT_EQ(consumer.try_peek(msg), Status::ok);
+    consumer.release();
+    EXPECT_FALSE(eventfd_fired(consumer_fd, 0));
+    EXPECT_FALSE(eventfd_fired(producer_fd, 0));
+    // A close wakes a sleeping consumer too.
+    while (consumer.try_peek(msg) == Status::ok) consumer.release();
+    ASSERT_TRUE(consumer.announce_sleep());
+    producer.close();
+    EXPECT_TRUE(eventfd_fired(consumer_fd, 1000));
+  }
+  ::close(consumer_fd);
+  ::close(producer_fd);
 }
 
 TEST_F(ByteRingTest, MovedEndsKeepWorking) {

@@ -17,4 +17,8 @@ void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
 /// Wakes up to `count` waiters sleeping on `word`.
 void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept;
 
+/// Adds 1 to the eventfd `fd`: wakes a peer that waits for it in an event loop (epoll)
+/// rather than on a futex (see RingEnd::set_peer_wake_fd()).
+void eventfd_notify(int fd) noexcept;
+
 }  // namespace ferry::shm

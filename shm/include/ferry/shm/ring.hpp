@@ -100,6 +100,10 @@ class ByteRing {
       return Status::ok;
     }
 
+    /// External waiting after try_reserve(n) found the ring full: see
+    /// ConsumerEnd::announce_sleep(); the consumer's next release wakes this side.
+    [[nodiscard]] bool announce_sleep(std::size_t n) noexcept { return announce_sleep_units(space_needed(n)); }
+
     /// Blocking try_reserve: waits for space (spin, then sleep) up to `timeout`.
     /// Throws ferry::Error: timed_out, closed, peer_lost (consumer died), message_too_large,
     /// protocol_error.

@@ -31,6 +31,11 @@ class RingEnd {
   /// Capacity in bytes (byte ring) or slots (typed ring).
   [[nodiscard]] std::uint64_t capacity() const noexcept { return m_capacity; }
 
+  /// The peer waits in an event loop (see announce_sleep()) on this eventfd, not on the
+  /// segment's futex: wake it by writing there. -1 (the default): the futex. The descriptor
+  /// must stay open while this end is used.
+  void set_peer_wake_fd(int fd) noexcept { m_peer_wake_fd = fd; }
+
  protected:
   RingEnd(Segment& segment, RingKind kind, Role role, const WaitOptions& wait);
   RingEnd(RingEnd&& other) noexcept;
@@ -63,6 +68,7 @@ class RingEnd {
   std::uint64_t m_mask;
   std::uint64_t m_align_mask;  // kRecordAlign - 1 in the byte ring, 0 in the typed ring
   WaitOptions m_wait;
+  int m_peer_wake_fd = -1;  // eventfd the peer sleeps on, or -1: the futex
   bool m_closed = false;  // this end called close(): every operation reports closed
 };
 
@@ -85,6 +91,13 @@ class ProducerEnd : public RingEnd {
   /// Position up to which this producer has committed (bytes or slots since creation).
   [[nodiscard]] std::uint64_t position() const noexcept { return m_write_pos; }
 
+  /// External waiting, after a reservation that found no space: ends the sleep announced by
+  /// announce_sleep() once this side woke up (its event loop returned).
+  void end_sleep() noexcept {
+    // relaxed: only this side sets the flag; a waker's reset to 0 is the same value.
+    m_ctl->wait.producer_sleeping.store(0, std::memory_order_relaxed);
+  }
+
  protected:
   ProducerEnd(Segment& segment, RingKind kind, const WaitOptions& wait, std::uint32_t batch);
   ProducerEnd(ProducerEnd&& other) noexcept;
@@ -99,7 +112,7 @@ class ProducerEnd : public RingEnd {
     m_ctl->producer.write_pos.store(m_write_pos, std::memory_order_seq_cst);
     m_published_pos = m_write_pos;
     m_unpublished = 0;
-    wake_if_sleeping(m_ctl->wait.consumer_sleeping);
+    wake_if_sleeping(m_ctl->wait.consumer_sleeping, m_peer_wake_fd);
   }
 
   // After a commit: publish at batch boundaries, at half a ring of unpublished data, or
@@ -138,6 +151,24 @@ class ProducerEnd : public RingEnd {
     // sync(ring.close) acquire: pairs with the seq_cst store in Consumer close().
     if (m_ctl->wait.consumer_closed.load(std::memory_order_acquire) != 0) return Status::closed;
     return Status::would_block;
+  }
+
+  // External waiting: publishes, announces that this producer sleeps until `units` are free,
+  // and re-checks. False (the announcement withdrawn): the space is there or the consumer
+  // closed; try again at once. True: the consumer's next release wakes this side.
+  [[nodiscard]] bool announce_sleep_units(std::uint64_t units) noexcept {
+    flush();
+    // sync(ring.wake) seq_cst store: as the sleeper's store in wait_until(); partner of the
+    // consumer's seq_cst store of read_pos, then load of producer_sleeping.
+    m_ctl->wait.producer_sleeping.store(1, std::memory_order_seq_cst);
+    // sync(ring.wake) seq_cst loads: the re-check of wait_for_space().
+    const std::uint64_t read_pos = m_ctl->consumer.read_pos.load(std::memory_order_seq_cst);
+    if (m_write_pos + units - read_pos <= m_capacity ||
+        m_ctl->wait.consumer_closed.load(std::memory_order_seq_cst) != 0) {
+      end_sleep();
+      return false;
+    }
+    return true;
   }
 
   // Blocks until `units()` are free (bytes or slots; re-evaluated, as padding written by a
@@ -188,6 +219,31 @@ class ConsumerEnd : public RingEnd {
   /// Position up to which this consumer has released (bytes or slots since creation).
   [[nodiscard]] std::uint64_t position() const noexcept { return m_read_pos; }
 
+  /// External waiting (an event loop instead of the blocking calls), after a try_peek() or
+  /// try_pop() that found the ring empty: publishes what was released, announces that this
+  /// consumer sleeps and re-checks. False (the announcement withdrawn): a record or the close
+  /// is already visible; read again. True: the producer's next publication or close wakes
+  /// this side, through the futex or the eventfd the producer end was given
+  /// (set_peer_wake_fd()). Call end_sleep() once awake.
+  [[nodiscard]] bool announce_sleep() noexcept {
+    flush();
+    // sync(ring.wake) seq_cst store: as the sleeper's store in wait_until(); partner of the
+    // producer's seq_cst store of write_pos, then load of consumer_sleeping.
+    m_ctl->wait.consumer_sleeping.store(1, std::memory_order_seq_cst);
+    // sync(ring.wake) seq_cst loads: the re-check of wait_for_data().
+    if (m_ctl->producer.write_pos.load(std::memory_order_seq_cst) != m_read_pos ||
+        m_ctl->wait.producer_closed.load(std::memory_order_seq_cst) != 0) {
+      end_sleep();
+      return false;
+    }
+    return true;
+  }
+  /// Ends the sleep announced by announce_sleep().
+  void end_sleep() noexcept {
+    // relaxed: only this side sets the flag; a waker's reset to 0 is the same value.
+    m_ctl->wait.consumer_sleeping.store(0, std::memory_order_relaxed);
+  }
+
  protected:
   ConsumerEnd(Segment& segment, RingKind kind, const WaitOptions& wait);
   ConsumerEnd(ConsumerEnd&& other) noexcept;
@@ -214,7 +270,7 @@ class ConsumerEnd : public RingEnd {
     m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_seq_cst);
     m_stored_read_pos = m_read_pos;
     m_dirty = false;
-    wake_if_sleeping(m_ctl->wait.producer_sleeping);
+    wake_if_sleeping(m_ctl->wait.producer_sleeping, m_peer_wake_fd);
   }
 
   // Reloads the producer's published position when everything up to the cached one was
