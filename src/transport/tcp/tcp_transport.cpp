@@ -11,17 +11,16 @@
 #include <sys/uio.h>
 
 #include <atomic>
-#include <future>
 #include <limits>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <thread>
 #include <vector>
 
 #include "core/frame_reader.hpp"
 #include "core/link_writer.hpp"
 #include "framing/frame.hpp"
+#include "transport/asio_transport.hpp"
 
 namespace ferry::detail::tcp {
 namespace {
@@ -31,6 +30,7 @@ namespace ssl = boost::asio::ssl;
 using asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 using boost::system::error_code;
+using Done = AsioTransport::Done;
 
 constexpr std::size_t kReadBuffer = std::size_t{64} << 10;
 constexpr std::size_t kDirectReadAbove = std::size_t{16} << 10;  // read straight into the message
@@ -41,12 +41,6 @@ constexpr std::size_t kInlineAlwaysFrom = std::size_t{16} << 10;
 constexpr auto kInlineIdleAfter = std::chrono::microseconds(10);
 
 std::error_code ferry_code(Errc e) { return make_error_code(e); }
-
-/// Why a connection attempt or a live connection failed, as a ferry code with its context.
-struct Failure {
-  Errc errc = Errc::peer_lost;
-  std::string what;
-};
 
 Failure translate(const error_code& ec, const std::string& context) {
   Failure f;
@@ -129,7 +123,7 @@ class Stream {
 /// One connection. Everything runs on its strand except kick(), resume_reading() and
 /// shutdown(), and the writer role (next_batch(), write_inline()), which whoever wins it in
 /// kick() holds, on any thread.
-class Connection final : public Link, public std::enable_shared_from_this<Connection> {
+class Connection final : public AsioLink, public std::enable_shared_from_this<Connection> {
  public:
   enum class Role { server, client };
 
@@ -139,15 +133,14 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   tcp::socket& socket() noexcept { return m_stream.socket(); }
   /// After the TCP connection is up: (TLS handshake,) Ferry hello, then run. done(failure)
   /// reports the outcome of the handshake (nullopt: running).
-  void start(std::function<void(std::optional<Failure>)> done);
+  void start(Done done);
 
   void kick() override;
   void resume_reading() override;
   void shutdown(std::error_code why) override;
   std::string transport() const override { return m_stream.tls() ? "tls" : "tcp"; }
   std::string remote() const override { return m_remote; }
-  /// Immediate close from the transport's stop().
-  void abort();
+  void abort() override;
 
  private:
   void tls_handshake();
@@ -188,7 +181,7 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   Stream m_stream;
   asio::steady_timer m_timer;
   std::string m_remote;
-  std::function<void(std::optional<Failure>)> m_handshake_done;
+  Done m_handshake_done;
   std::shared_ptr<Session> m_session;
   bool m_running = false;
   bool m_failed = false;
@@ -220,53 +213,25 @@ class Connection final : public Link, public std::enable_shared_from_this<Connec
   int m_inline_fd = -1;
 };
 
-class TcpTransport final : public Transport {
+class TcpTransport final : public AsioTransport {
  public:
   explicit TcpTransport(CommunicatorImpl& owner);
   ~TcpTransport() override { stop(); }
 
-  std::string local_endpoint() const override { return m_local; }
-  void schedule(std::chrono::milliseconds delay, std::function<void()> fn) override;
-  void stop() override;
-
-  CommunicatorImpl& owner() noexcept { return m_owner; }
-  asio::io_context& io() noexcept { return m_io; }
   ssl::context* tls() noexcept { return m_tls ? &*m_tls : nullptr; }
-  const ConnectionOptions& conn() const noexcept { return m_owner.options().connection; }
-  /// A connection closed; was_running: it carried a session (a drop may call for a reconnect).
-  void link_ended(const std::shared_ptr<Connection>& c, bool was_running);
-  bool stopping() const noexcept {
-    // relaxed: a hint that only shortens work after stop(); stop() joins the threads.
-    return m_stopping.load(std::memory_order_relaxed);
-  }
 
  private:
   void setup_tls();
   void listen();
   void accept();
-  void connect_first();
-  /// One client connection attempt; done reports the outcome.
-  void connect(std::function<void(std::optional<Failure>)> done);
-  void reconnect_later(std::chrono::milliseconds delay);
-  /// One I/O thread. A handler that throws (std::bad_alloc, a throwing user callback) must not
-  /// end the process: the loop goes on; the failing handler's connection times out on its own.
-  void run_loop(bool poll_only = false) noexcept;
+  void resolve();
+  void connect(Done done) override;
+  void stop_accepting() override;
 
-  CommunicatorImpl& m_owner;
   const Endpoint m_endpoint;
-  asio::io_context m_io;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> m_work;
   std::optional<ssl::context> m_tls;
   std::optional<tcp::acceptor> m_acceptor;
   tcp::resolver::results_type m_resolved;
-  std::string m_local;
-  std::vector<std::thread> m_threads;
-  std::mutex m_links_mutex;
-  std::set<std::shared_ptr<Connection>> m_links;  // every open connection, for stop()
-  std::atomic<bool> m_stopping{false};
-  std::mutex m_stop_mutex;
-  bool m_stopped = false;
-  Clock::time_point m_reconnect_deadline{};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -293,7 +258,7 @@ Connection::~Connection() {
   if (m_writer.pending && m_session) m_session->write_failed(m_writer.record);
 }
 
-void Connection::start(std::function<void(std::optional<Failure>)> done) {
+void Connection::start(Done done) {
   m_handshake_done = std::move(done);
   error_code ec;
   m_stream.socket().set_option(tcp::no_delay(true), ec);
@@ -397,16 +362,8 @@ void Connection::on_hello(const framing::Hello& hello) {
     return;
   }
   if (hello.status != 0) {
-    const Errc e = static_cast<Errc>(hello.status);
-    std::string reason = make_error_code(e).message();
-    if (e == Errc::address_in_use) {
-      reason = "peer id " + m_owner.options().id.to_string() + " already has a live connection";
-    } else if (e == Errc::unavailable) {
-      reason = "server at its connection limit";
-    } else if (e == Errc::version_mismatch) {
-      reason = "server speaks protocol version " + std::to_string(hello.version);
-    }
-    return handshake_failed({e, "server " + m_remote + " refused the connection: " + reason});
+    return handshake_failed({static_cast<Errc>(hello.status),
+                             "server " + m_remote + " refused the connection: " + m_transport.refusal(hello)});
   }
   const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
   if (e != Errc{}) {
@@ -695,44 +652,35 @@ void Connection::close_socket() {
 // ---------------------------------------------------------------------------------------------
 // TcpTransport
 
-TcpTransport::TcpTransport(CommunicatorImpl& owner)
-    : m_owner(owner), m_endpoint(owner.endpoint()), m_work(asio::make_work_guard(m_io)) {
+TcpTransport::TcpTransport(CommunicatorImpl& owner) : AsioTransport(owner), m_endpoint(owner.endpoint()) {
   if (m_endpoint.scheme == Scheme::tls) setup_tls();
-  if (m_owner.purpose() == Purpose::server) {
+  if (owner.purpose() == Purpose::server) {
     listen();
-  }
-  for (unsigned i = 0; i < m_owner.options().workers; ++i) {
-    m_threads.emplace_back([this] { run_loop(); });
-  }
-  if (m_owner.purpose() == Purpose::server) {
+    start_threads();
     asio::post(m_acceptor->get_executor(), [this] { accept(); });
-  } else {
-    try {
-      connect_first();
-    } catch (...) {
-      stop();
-      throw;
-    }
+    return;
+  }
+  resolve();
+  start_threads();
+  try {
+    connect_first();
+  } catch (...) {
+    stop();
+    throw;
   }
 }
 
-void TcpTransport::run_loop(bool poll_only) noexcept {
-  for (;;) {
-    try {
-      if (poll_only) {
-        m_io.poll();
-      } else {
-        m_io.run();
-      }
-      return;
-    } catch (...) {  // NOLINT(bugprone-empty-catch): see the declaration; run() resumes the loop
-    }
-  }
+void TcpTransport::stop_accepting() {
+  if (!m_acceptor) return;
+  asio::post(m_acceptor->get_executor(), [this] {
+    error_code ec;
+    m_acceptor->close(ec);
+  });
 }
 
 void TcpTransport::setup_tls() {
-  const SecurityOptions& sec = m_owner.options().security;
-  const bool server = m_owner.purpose() == Purpose::server;
+  const SecurityOptions& sec = owner().options().security;
+  const bool server = owner().purpose() == Purpose::server;
   m_tls.emplace(server ? ssl::context::tls_server : ssl::context::tls_client);
   error_code ec;
   m_tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
@@ -771,13 +719,13 @@ void TcpTransport::setup_tls() {
 
 void TcpTransport::listen() {
   error_code ec;
-  tcp::resolver resolver(m_io);
+  tcp::resolver resolver(io());
   const auto results = resolver.resolve(m_endpoint.host, std::to_string(m_endpoint.port), tcp::resolver::passive, ec);
   if (ec || results.empty()) {
     throw Error(Errc::invalid_argument, "listen on " + m_endpoint.to_string() + ": cannot resolve host: " + ec.message());
   }
   const tcp::endpoint ep = *results.begin();
-  m_acceptor.emplace(asio::make_strand(m_io));
+  m_acceptor.emplace(asio::make_strand(io()));
   m_acceptor->open(ep.protocol(), ec);
   if (!ec) m_acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) m_acceptor->bind(ep, ec);
@@ -797,15 +745,12 @@ void TcpTransport::accept() {
   m_acceptor->async_accept(conn->socket(), [this, conn](const error_code& ec) {
     if (stopping() || ec == asio::error::operation_aborted) return;
     if (!ec) {
-      {
-        const std::lock_guard lock(m_links_mutex);
-        m_links.insert(conn);
-      }
+      link_opened(conn);
       asio::post(conn->socket().get_executor(), [conn] { conn->start(nullptr); });
     }
     // Out of descriptors or similar: keep accepting (a pause avoids a busy loop).
     if (ec && ec != asio::error::operation_aborted) {
-      auto t = std::make_shared<asio::steady_timer>(m_io, std::chrono::milliseconds(50));
+      auto t = std::make_shared<asio::steady_timer>(io(), std::chrono::milliseconds(50));
       t->async_wait([this, t](const error_code&) { accept(); });
       return;
     }
@@ -813,12 +758,9 @@ void TcpTransport::accept() {
   });
 }
 
-void TcpTransport::connect(std::function<void(std::optional<Failure>)> done) {
+void TcpTransport::connect(Done done) {
   auto link = std::make_shared<Connection>(*this, Connection::Role::client);
-  {
-    const std::lock_guard lock(m_links_mutex);
-    m_links.insert(link);
-  }
+  link_opened(link);
   auto timer = std::make_shared<asio::steady_timer>(link->socket().get_executor(), conn().connect_timeout);
   timer->async_wait([link](const error_code& ec) {
     if (!ec) {
@@ -840,95 +782,14 @@ void TcpTransport::connect(std::function<void(std::optional<Failure>)> done) {
                       });
 }
 
-void TcpTransport::connect_first() {
+void TcpTransport::resolve() {
   error_code ec;
-  tcp::resolver resolver(m_io);
+  tcp::resolver resolver(io());
   m_resolved = resolver.resolve(m_endpoint.host, std::to_string(m_endpoint.port), ec);
   if (ec || m_resolved.empty()) {
     throw Error(Errc::not_found, "connect to " + m_endpoint.to_string() + ": cannot resolve host: " + ec.message());
   }
   m_local = m_endpoint.to_string();
-  const auto deadline = Clock::now() + conn().connect_timeout;
-  auto delay = std::chrono::milliseconds(10);
-  for (;;) {
-    auto promise = std::make_shared<std::promise<std::optional<Failure>>>();
-    auto future = promise->get_future();
-    connect([promise](std::optional<Failure> f) { promise->set_value(std::move(f)); });
-    std::optional<Failure> f = future.get();  // bounded: connect and handshake have timers
-    if (!f) return;
-    // Refused or reset while the server starts: retry until the deadline; anything the server
-    // or TLS said on purpose is final.
-    const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out;
-    if (!retry || Clock::now() + delay >= deadline) throw Error(f->errc, f->what);
-    std::this_thread::sleep_for(delay);
-    delay = std::min(delay * 2, std::chrono::milliseconds(500));
-  }
-}
-
-void TcpTransport::reconnect_later(std::chrono::milliseconds delay) {
-  if (stopping()) return;
-  auto t = std::make_shared<asio::steady_timer>(m_io, delay);
-  t->async_wait([this, t, delay](const error_code& ec) {
-    if (ec || stopping() || !m_owner.wants_reconnect()) return;
-    connect([this, delay](std::optional<Failure> f) {
-      if (!f || stopping() || !m_owner.wants_reconnect()) return;
-      // An id refused as "already live" or a refused connection: the old connection may not be
-      // seen dead yet on the other side; keep trying until the session's resume timeout.
-      const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out ||
-                         f->errc == Errc::address_in_use || f->errc == Errc::unavailable;
-      if (!retry) return m_owner.reconnect_failed(make_error_code(f->errc));
-      reconnect_later(std::min(delay * 2, std::chrono::milliseconds(500)));
-    });
-  });
-}
-
-void TcpTransport::link_ended(const std::shared_ptr<Connection>& c, bool was_running) {
-  {
-    const std::lock_guard lock(m_links_mutex);
-    m_links.erase(c);
-  }
-  if (was_running && m_owner.purpose() == Purpose::client && !stopping() && m_owner.wants_reconnect()) {
-    reconnect_later(std::chrono::milliseconds(10));
-  }
-}
-
-void TcpTransport::schedule(std::chrono::milliseconds delay, std::function<void()> fn) {
-  if (stopping()) return;
-  auto t = std::make_shared<asio::steady_timer>(m_io, delay);
-  t->async_wait([this, t, fn = std::move(fn)](const error_code& ec) {
-    if (!ec && !stopping()) fn();
-  });
-}
-
-void TcpTransport::stop() {
-  const std::lock_guard stop_lock(m_stop_mutex);
-  if (m_stopped) return;
-  m_stopped = true;
-  // relaxed: the threads are joined below, which orders everything after it.
-  m_stopping.store(true, std::memory_order_relaxed);
-  if (m_acceptor) {
-    asio::post(m_acceptor->get_executor(), [this] {
-      error_code ec;
-      m_acceptor->close(ec);
-    });
-  }
-  std::set<std::shared_ptr<Connection>> links;
-  {
-    const std::lock_guard lock(m_links_mutex);
-    links.swap(m_links);
-  }
-  for (const auto& c : links) c->abort();
-  m_work.reset();
-  // Let the aborts and their cancelled handlers run, then stop whatever timers remain.
-  asio::post(m_io, [this] { m_io.stop(); });
-  for (auto& t : m_threads) {
-    if (t.joinable()) t.join();
-  }
-  m_threads.clear();
-  // Run what the stop left ready (aborts, cancelled writes), so every write in flight is
-  // answered and the puts it carried fail now rather than when the transport is destroyed.
-  m_io.restart();
-  run_loop(true);
 }
 
 }  // namespace

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: Apache-2.0
+// AsioTransport: event loop, connection set, connecting, reconnecting, stop. Layer: src/transport.
+#include "transport/asio_transport.hpp"
+
+#include <future>
+
+namespace ferry::detail {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+AsioTransport::AsioTransport(CommunicatorImpl& owner) : m_owner(owner), m_work(asio::make_work_guard(m_io)) {}
+
+AsioTransport::~AsioTransport() { stop(); }
+
+void AsioTransport::start_threads() {
+  for (unsigned i = 0; i < m_owner.options().workers; ++i) {
+    m_threads.emplace_back([this] { run_loop(); });
+  }
+}
+
+void AsioTransport::run_loop(bool poll_only) noexcept {
+  for (;;) {
+    try {
+      if (poll_only) {
+        m_io.poll();
+      } else {
+        m_io.run();
+      }
+      return;
+    } catch (...) {  // NOLINT(bugprone-empty-catch): see the declaration; run() resumes the loop
+    }
+  }
+}
+
+std::string AsioTransport::refusal(const framing::Hello& reply) const {
+  const Errc e = static_cast<Errc>(reply.status);
+  if (e == Errc::address_in_use) return "peer id " + m_owner.options().id.to_string() + " already has a live connection";
+  if (e == Errc::unavailable) return "server at its connection limit or out of resources";
+  if (e == Errc::version_mismatch) return "server speaks protocol version " + std::to_string(reply.version);
+  if (e == Errc::permission_denied) return "this user is not allowed to connect";
+  return make_error_code(e).message();
+}
+
+void AsioTransport::link_opened(const std::shared_ptr<AsioLink>& link) {
+  const std::lock_guard lock(m_links_mutex);
+  m_links.insert(link);
+}
+
+void AsioTransport::connect_first() {
+  const auto deadline = Clock::now() + conn().connect_timeout;
+  auto delay = std::chrono::milliseconds(10);
+  for (;;) {
+    auto promise = std::make_shared<std::promise<std::optional<Failure>>>();
+    auto future = promise->get_future();
+    connect([promise](std::optional<Failure> f) { promise->set_value(std::move(f)); });
+    std::optional<Failure> f = future.get();  // bounded: connect and handshake have timers
+    if (!f) return;
+    // Refused or reset while the server starts: retry until the deadline; anything the server
+    // said on purpose is final.
+    const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out;
+    if (!retry || Clock::now() + delay >= deadline) throw Error(f->errc, f->what);
+    std::this_thread::sleep_for(delay);
+    delay = std::min(delay * 2, std::chrono::milliseconds(500));
+  }
+}
+
+void AsioTransport::reconnect_later(std::chrono::milliseconds delay) {
+  if (stopping()) return;
+  auto t = std::make_shared<asio::steady_timer>(m_io, delay);
+  t->async_wait([this, t, delay](const error_code& ec) {
+    if (ec || stopping() || !m_owner.wants_reconnect()) return;
+    connect([this, delay](std::optional<Failure> f) {
+      if (!f || stopping() || !m_owner.wants_reconnect()) return;
+      // An id refused as "already live" or a refused connection: the old connection may not be
+      // seen dead yet on the other side; keep trying until the session's resume timeout.
+      const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out ||
+                         f->errc == Errc::address_in_use || f->errc == Errc::unavailable;
+      if (!retry) return m_owner.reconnect_failed(make_error_code(f->errc));
+      reconnect_later(std::min(delay * 2, std::chrono::milliseconds(500)));
+    });
+  });
+}
+
+void AsioTransport::link_ended(const std::shared_ptr<AsioLink>& link, bool was_running) {
+  {
+    const std::lock_guard lock(m_links_mutex);
+    m_links.erase(link);
+  }
+  if (was_running && m_owner.purpose() == Purpose::client && !stopping() && m_owner.wants_reconnect()) {
+    reconnect_later(std::chrono::milliseconds(10));
+  }
+}
+
+void AsioTransport::schedule(std::chrono::milliseconds delay, std::function<void()> fn) {
+  if (stopping()) return;
+  auto t = std::make_shared<asio::steady_timer>(m_io, delay);
+  t->async_wait([this, t, fn = std::move(fn)](const error_code& ec) {
+    if (!ec && !stopping()) fn();
+  });
+}
+
+void AsioTransport::stop() {
+  const std::lock_guard stop_lock(m_stop_mutex);
+  if (m_stopped) return;
+  m_stopped = true;
+  // relaxed: the threads are joined below, which orders everything after it.
+  m_stopping.store(true, std::memory_order_relaxed);
+  stop_accepting();
+  std::set<std::shared_ptr<AsioLink>> links;
+  {
+    const std::lock_guard lock(m_links_mutex);
+    links.swap(m_links);
+  }
+  for (const auto& c : links) c->abort();
+  m_work.reset();
+  // Let the aborts and their cancelled handlers run, then stop whatever timers remain.
+  asio::post(m_io, [this] { m_io.stop(); });
+  for (auto& t : m_threads) {
+    if (t.joinable()) t.join();
+  }
+  m_threads.clear();
+  // Run what the stop left ready (aborts, cancelled writes), so every write in flight is
+  // answered and the puts it carried fail now rather than when the transport is destroyed.
+  m_io.restart();
+  run_loop(true);
+}
+
+}  // namespace ferry::detail

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the Asio-based transports (tcp/tls, shm) share: the event loop and its threads, the
+// set of open connections, the client's first connection and its reconnections, timers, and
+// stop(). Layer: src/transport.
+#pragma once
+
+#include <boost/asio.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/communicator_impl.hpp"
+#include "core/link.hpp"
+
+namespace ferry::detail {
+
+/// Why a connection attempt or a live connection failed, as a ferry code with its context.
+struct Failure {
+  Errc errc = Errc::peer_lost;
+  std::string what;
+};
+
+/// A link that the transport's stop() can abort.
+class AsioLink : public Link {
+ public:
+  /// Immediate close from stop(): no callbacks into core beyond answering a write in flight.
+  virtual void abort() = 0;
+};
+
+class AsioTransport : public Transport {
+ public:
+  using Clock = std::chrono::steady_clock;
+  using Done = std::function<void(std::optional<Failure>)>;
+
+  explicit AsioTransport(CommunicatorImpl& owner);
+  ~AsioTransport() override;
+
+  std::string local_endpoint() const override { return m_local; }
+  void schedule(std::chrono::milliseconds delay, std::function<void()> fn) override;
+  void stop() override;
+
+  CommunicatorImpl& owner() noexcept { return m_owner; }
+  boost::asio::io_context& io() noexcept { return m_io; }
+  const ConnectionOptions& conn() const noexcept { return m_owner.options().connection; }
+  bool stopping() const noexcept {
+    // relaxed: a hint that only shortens work after stop(); stop() joins the threads.
+    return m_stopping.load(std::memory_order_relaxed);
+  }
+  /// An open connection, for stop().
+  void link_opened(const std::shared_ptr<AsioLink>& link);
+  /// A connection closed; was_running: it carried a session (a drop may call for a reconnect).
+  void link_ended(const std::shared_ptr<AsioLink>& link, bool was_running);
+  /// The reason a server gave in its refusing hello, for the client's error.
+  std::string refusal(const framing::Hello& reply) const;
+
+ protected:
+  /// Starts the I/O threads (after the derived class listens or resolves).
+  void start_threads();
+  /// Client: connects and handshakes, retrying what may pass (refused, reset, timed out)
+  /// until connect_timeout. Throws ferry::Error.
+  void connect_first();
+  /// One client connection attempt; done reports the outcome of its handshake.
+  virtual void connect(Done done) = 0;
+  /// stop(): stop accepting (close the acceptor on its executor).
+  virtual void stop_accepting() {}
+
+  std::string m_local;
+
+ private:
+  void reconnect_later(std::chrono::milliseconds delay);
+  /// One I/O thread. A handler that throws (std::bad_alloc, a throwing user callback) must not
+  /// end the process: the loop goes on; the failing handler's connection times out on its own.
+  void run_loop(bool poll_only = false) noexcept;
+
+  CommunicatorImpl& m_owner;
+  boost::asio::io_context m_io;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> m_work;
+  std::vector<std::thread> m_threads;
+  std::mutex m_links_mutex;
+  std::set<std::shared_ptr<AsioLink>> m_links;  // every open connection, for stop()
+  std::atomic<bool> m_stopping{false};
+  std::mutex m_stop_mutex;
+  bool m_stopped = false;
+};
+
+}  // namespace ferry::detail
