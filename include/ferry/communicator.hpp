@@ -21,12 +21,15 @@ namespace ferry {
 
 namespace detail {
 class CommunicatorImpl;
+struct Access;  // internal (src/core/access.hpp): the library's own tests reach the implementation
 }
 
 /// One peer's connection as stats() sees it.
 struct PeerStats {
   PeerId id;
-  std::string transport;  ///< "tcp", "tls"
+  std::string transport;  ///< "tcp", "tls", "shm"
+  /// How the transport runs: for shm the ring size and the page size backing it.
+  std::string transport_detail;
   std::string remote;     ///< the peer's address as the transport sees it
   bool connected = false;
   std::uint64_t connects = 0;  ///< 1 + the number of resumed reconnections
@@ -99,6 +102,7 @@ class Communicator {
 
  private:
   friend Communicator open(Purpose, Options);
+  friend struct detail::Access;
   explicit Communicator(std::unique_ptr<detail::CommunicatorImpl> impl) noexcept;
 
   template <class T>

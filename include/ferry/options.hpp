@@ -8,6 +8,7 @@
 #include <functional>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include <ferry/peer_id.hpp>
 
@@ -76,6 +77,31 @@ struct SecurityOptions {
   bool require_client_certificate = false;
 };
 
+/// Shared memory: shm:// endpoints and the local leg of auto://.
+struct ShmOptions {
+  /// Bytes of each ring, one per direction per client (created by the server): a power of
+  /// two in [64 KiB, 1 GiB]. Messages larger than a ring stream through it in pieces.
+  std::size_t ring_size = std::size_t{1} << 20;
+  /// Back the rings with hugepages when the host has them (2 MiB pages, then normal pages
+  /// with transparent hugepages advised); stats() says which page size is in use.
+  bool huge_pages = true;
+  /// Directory of the rendezvous sockets (`<directory>/<name>.sock`); both sides must use the
+  /// same one. Empty: $FERRY_SHM_DIR, else $XDG_RUNTIME_DIR/ferry, else /tmp/ferry-<uid>,
+  /// created owner-only (0700) and refused when another user owns it or can write to it. To
+  /// serve other users, name a directory they can reach.
+  std::filesystem::path directory;
+  /// Server: besides its own user, these users and groups (the connecting process's uid and
+  /// primary gid, as the kernel reports them) may connect; anyone else is refused with
+  /// Errc::permission_denied. Non-empty lists make the socket file world-connectable (0666):
+  /// the check is this list.
+  std::vector<std::uint32_t> allow_uids;
+  std::vector<std::uint32_t> allow_gids;
+  /// The reader polls its ring this long after the last message before it sleeps, so a
+  /// message that follows closely costs no wake-up. Ignored when the process may run on one
+  /// CPU only. At most 10 ms.
+  std::chrono::microseconds spin{20};
+};
+
 /// Everything open() needs. Thread-safety of the callbacks: they run on a Ferry worker thread,
 /// must not block, and must not call close() on the same communicator.
 struct Options {
@@ -85,6 +111,7 @@ struct Options {
   std::string endpoint = "tcp://127.0.0.1:51966";
   ConnectionOptions connection{};
   SecurityOptions security{};
+  ShmOptions shm{};
   /// Threads that run the network I/O (one event loop shared by every connection).
   unsigned workers = 1;
   /// A blocking get() that finds nothing polls the receive queue this long before it sleeps:

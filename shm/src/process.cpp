@@ -14,8 +14,10 @@ namespace {
 
 // Reads /proc/<pid>/stat; returns false if the process does not exist.
 // Fields after the command name (which may contain spaces and ')'): state is field 3,
-// starttime is field 22.
-bool read_stat(std::uint64_t pid, char& state, std::uint64_t& start_time) {
+// flags field 9, starttime field 22.
+constexpr unsigned long kPfExiting = 0x4;  // PF_EXITING (linux/sched.h): in do_exit()
+
+bool read_stat(std::uint64_t pid, char& state, std::uint64_t& start_time, unsigned long* flags = nullptr) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%llu/stat", static_cast<unsigned long long>(pid));
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
@@ -34,6 +36,7 @@ bool read_stat(std::uint64_t pid, char& state, std::uint64_t& start_time) {
     p = std::strchr(p, ' ');
     if (p == nullptr) return false;
     ++p;
+    if (field + 1 == 9 && flags != nullptr) *flags = std::strtoul(p, nullptr, 10);
   }
   start_time = std::strtoull(p, nullptr, 10);
   return true;
@@ -64,8 +67,11 @@ bool is_alive(layout::Identity id) {
   if (id == 0) return false;
   char state = 0;
   std::uint64_t start = 0;
-  if (!read_stat(layout::identity_pid(id), state, start)) return false;
-  if (state == 'Z' || state == 'X') return false;
+  unsigned long flags = 0;
+  if (!read_stat(layout::identity_pid(id), state, start, &flags)) return false;
+  // A process that is exiting (killed: its descriptors close before it becomes a zombie)
+  // will never answer again.
+  if (state == 'Z' || state == 'X' || (flags & kPfExiting) != 0) return false;
   return start == layout::identity_start_time(id);
 }
 

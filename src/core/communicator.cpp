@@ -40,6 +40,11 @@ void check_options(const Options& o) {
     bad("receive_spin must be in [0, 10 ms]");
   }
   if (o.id.is_nil()) bad("id must not be the nil UUID");
+  const std::size_t ring = o.shm.ring_size;
+  if (ring < (std::size_t{64} << 10) || ring > (std::size_t{1} << 30) || (ring & (ring - 1)) != 0) {
+    bad("shm.ring_size must be a power of two in [64 KiB, 1 GiB]");
+  }
+  if (o.shm.spin.count() < 0 || o.shm.spin > std::chrono::milliseconds(10)) bad("shm.spin must be in [0, 10 ms]");
 }
 
 }  // namespace

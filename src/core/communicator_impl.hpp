@@ -43,6 +43,10 @@ class CommunicatorImpl {
   [[nodiscard]] bool closed() const noexcept;
   [[nodiscard]] std::vector<PeerId> peers() const;
   [[nodiscard]] Stats stats() const;
+  /// Fault injection for tests: see Transport::cut_links().
+  void cut_links_for_testing() {
+    if (m_transport) m_transport->cut_links();
+  }
 
   // --- called by transports (transport threads) ---
   /// Server: a client's hello arrived on link. Picks or creates its session, attaches the

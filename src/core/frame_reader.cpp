@@ -103,11 +103,14 @@ void FrameReader::end_round(bool source_idle, bool buffered_empty) {
                             m_unwoken_bytes >= kWakeEveryBytes)) {
     wake_getters();
   }
-  if (!m_round_progress) return;
-  if (m_round_bytes) m_session->received_bytes(m_round_bytes);
-  m_unacked_bytes += m_round_bytes;
-  m_round_bytes = 0;
-  m_round_progress = false;
+  if (m_round_progress) {
+    if (m_round_bytes) m_session->received_bytes(m_round_bytes);
+    m_unacked_bytes += m_round_bytes;
+    m_round_bytes = 0;
+    m_round_progress = false;
+    m_unacked = true;
+  }
+  if (!m_unacked) return;
   // Acknowledge on the same pauses (and nothing buffered), or every quarter window: one ack
   // per burst instead of one per read. Acks also ride along with outgoing data
   // (Session::fill).
@@ -116,6 +119,7 @@ void FrameReader::end_round(bool source_idle, bool buffered_empty) {
       std::min<std::uint64_t>(m_owner.options().connection.send_window / 4, std::uint64_t{4} << 20);
   if (idle || m_paused || m_unacked_bytes >= every) {
     m_unacked_bytes = 0;
+    m_unacked = false;
     m_session->ack_due();
   }
 }

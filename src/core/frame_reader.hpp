@@ -51,7 +51,7 @@ class FrameReader {
   void end_round(bool source_idle, bool buffered_empty);
   /// A round made progress that end_round() has not settled yet (whether the source is idle
   /// costs a system call in TCP: ask only then).
-  [[nodiscard]] bool round_open() const noexcept { return m_round_progress || m_round_delivered; }
+  [[nodiscard]] bool round_open() const noexcept { return m_round_progress || m_round_delivered || m_unacked; }
   /// Wakes get() for messages delivered since the last wake-up (the link is going away).
   void wake_pending();
 
@@ -71,6 +71,7 @@ class FrameReader {
   unsigned m_unwoken_rounds = 0;      // read rounds since get() was last woken
   std::uint64_t m_unwoken_bytes = 0;  // bytes delivered since get() was last woken
   std::uint64_t m_unacked_bytes = 0;  // payload bytes received since the last ack request
+  bool m_unacked = false;             // frames arrived since the last ack request
 };
 
 }  // namespace ferry::detail

@@ -25,6 +25,8 @@ class Link {
   /// The transport's name ("tcp", "tls") and the peer's address.
   [[nodiscard]] virtual std::string transport() const = 0;
   [[nodiscard]] virtual std::string remote() const = 0;
+  /// How the transport runs this link (stats' transport_detail), "" when nothing to add.
+  [[nodiscard]] virtual std::string detail() const { return {}; }
 };
 
 /// What a communicator needs from its transport beyond links.
@@ -38,6 +40,9 @@ class Transport {
   /// Stops accepting / reconnecting, drops every link, joins the threads. Idempotent; must
   /// not be called from a transport thread.
   virtual void stop() = 0;
+  /// Fault injection for tests: every live link fails as a broken connection would (the
+  /// peer sees it drop; sessions detach and resume). Default: nothing to cut.
+  virtual void cut_links() {}
 };
 
 }  // namespace ferry::detail

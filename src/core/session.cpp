@@ -282,7 +282,7 @@ void Session::on_peer_close(Errc reason) {
   if (link) link->kick();
 }
 
-void Session::link_down(const Link* link, std::error_code why) {
+void Session::link_down(const Link* link, std::error_code why, bool resumable) {
   bool resume = false;
   bool closing = false;
   std::uint64_t epoch = 0;
@@ -294,7 +294,7 @@ void Session::link_down(const Link* link, std::error_code why) {
     const bool bad_input = why == make_error_code(Errc::protocol_error) ||
                            why == make_error_code(Errc::message_too_large) ||
                            why == make_error_code(Errc::version_mismatch);
-    resume = !closing && !bad_input && m_options.resume_timeout.count() > 0;
+    resume = resumable && !closing && !bad_input && m_options.resume_timeout.count() > 0;
     if (resume) {
       m_state = State::detached;
       epoch = ++m_detach_epoch;
@@ -375,6 +375,7 @@ void Session::stats(PeerStats& out) const {
   if (m_link) {
     out.transport = m_link->transport();
     out.remote = m_link->remote();
+    out.transport_detail = m_link->detail();
   }
   out.connects = m_connects;
   out.messages_sent = m_messages_sent;

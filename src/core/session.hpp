@@ -90,7 +90,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // --- life cycle ---
   /// The link dropped (EOF, reset, timeout, bad input): detach it, then resume or end.
-  void link_down(const Link* link, std::error_code why);
+  /// resumable false: the peer cannot come back (its process is known to be dead): end now.
+  void link_down(const Link* link, std::error_code why, bool resumable = true);
   /// Starts a clean close: flush, send the close frame, wait for the peer's.
   void begin_close();
   /// Ends the session: fails every pending put with why, drops the link. Idempotent. Puts

@@ -100,6 +100,15 @@ void AsioTransport::schedule(std::chrono::milliseconds delay, std::function<void
   });
 }
 
+void AsioTransport::cut_links() {
+  std::set<std::shared_ptr<AsioLink>> links;
+  {
+    const std::lock_guard lock(m_links_mutex);
+    links = m_links;
+  }
+  for (const auto& c : links) c->cut();
+}
+
 void AsioTransport::stop() {
   const std::lock_guard stop_lock(m_stop_mutex);
   if (m_stopped) return;

@@ -33,6 +33,8 @@ class AsioLink : public Link {
  public:
   /// Immediate close from stop(): no callbacks into core beyond answering a write in flight.
   virtual void abort() = 0;
+  /// Fault injection (Transport::cut_links()): fail as a broken connection does.
+  virtual void cut() = 0;
 };
 
 class AsioTransport : public Transport {
@@ -46,8 +48,10 @@ class AsioTransport : public Transport {
   std::string local_endpoint() const override { return m_local; }
   void schedule(std::chrono::milliseconds delay, std::function<void()> fn) override;
   void stop() override;
+  void cut_links() override;
 
   CommunicatorImpl& owner() noexcept { return m_owner; }
+  const CommunicatorImpl& owner() const noexcept { return m_owner; }
   boost::asio::io_context& io() noexcept { return m_io; }
   const ConnectionOptions& conn() const noexcept { return m_owner.options().connection; }
   bool stopping() const noexcept {

@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/access.hpp"
+#include "transport/shm/shm_transport.hpp"
 #include "support/spawn.hpp"
 #include "support/tcp_proxy.hpp"
 #include "support/tls_certs.hpp"
@@ -71,7 +74,8 @@ Message must_get(Communicator& c, std::chrono::nanoseconds timeout = kWait) {
   return std::move(*m);
 }
 
-/// A raw TCP socket to poke a server with bytes that are not Ferry's.
+/// A raw socket (TCP, or the Unix socket of an shm server) to poke a server with bytes that
+/// are not Ferry's.
 class RawSocket {
  public:
   explicit RawSocket(std::uint16_t port) : m_fd(::socket(AF_INET, SOCK_STREAM, 0)) {
@@ -79,10 +83,13 @@ class RawSocket {
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    timeval tv{5, 0};
-    ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(m_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (::connect(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect");
+    connect(reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  explicit RawSocket(const std::string& unix_path) : m_fd(::socket(AF_UNIX, SOCK_STREAM, 0)) {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, unix_path.c_str(), sizeof a.sun_path - 1);
+    connect(reinterpret_cast<sockaddr*>(&a), sizeof a);
   }
   ~RawSocket() { ::close(m_fd); }
   RawSocket(const RawSocket&) = delete;
@@ -113,6 +120,13 @@ class RawSocket {
   int fd() const { return m_fd; }
 
  private:
+  void connect(const sockaddr* a, socklen_t len) {
+    timeval tv{5, 0};
+    ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(m_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (::connect(m_fd, a, len) != 0) throw std::runtime_error(std::string("connect: ") + std::strerror(errno));
+  }
+
   int m_fd;
 };
 
@@ -136,10 +150,17 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   static void TearDownTestSuite() { s_certs.reset(); }
 
   bool tls() const { return GetParam() == "tls"; }
+  bool shm() const { return GetParam() == "shm"; }
+  /// A server endpoint no other test uses.
+  std::string server_endpoint() const {
+    static std::atomic<int> counter{0};
+    if (shm()) return "shm://conformance-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+    return GetParam() + "://127.0.0.1:0";
+  }
 
   Options server_options() const {
     Options o;
-    o.endpoint = GetParam() + "://127.0.0.1:0";
+    o.endpoint = server_endpoint();
     if (tls()) {
       o.security.certificate = s_certs->server_chain();
       o.security.key = s_certs->server_key();
@@ -158,6 +179,20 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   }
   static std::uint16_t port_of(const Communicator& c) {
     return Endpoint::parse(c.local_endpoint()).port;
+  }
+  /// A raw connection to the server: its TCP port, or its rendezvous socket.
+  std::unique_ptr<RawSocket> raw_to(const Communicator& server) const {
+    if (shm()) {
+      const std::string name = Endpoint::parse(server.local_endpoint()).path;
+      return std::make_unique<RawSocket>(detail::shm_link::rendezvous_path(ShmOptions{}, name, false).string());
+    }
+    return std::make_unique<RawSocket>(port_of(server));
+  }
+  /// Files in /dev/shm (the shm transport must never leave any).
+  static std::size_t dev_shm_files() {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/dev/shm")) ++n;
+    return n;
   }
 
   static std::unique_ptr<testing::TlsCerts> s_certs;
@@ -513,14 +548,22 @@ TEST_P(Conformance, CallbacksReportConnectAndDisconnect) {
 
 TEST_P(Conformance, ResumesAcrossCutConnectionsWithoutLossOrDuplicates) {
   auto server = open(Purpose::server, server_options());
-  testing::TcpProxy proxy("127.0.0.1", port_of(server));
-  auto client = open(Purpose::client, client_options(GetParam() + "://127.0.0.1:" + std::to_string(proxy.port())));
+  // TCP: a proxy in between cuts the connections. Shared memory has no wire to cut: the
+  // server's links are broken from inside (both sides see the socket drop).
+  std::optional<testing::TcpProxy> proxy;
+  if (!shm()) proxy.emplace("127.0.0.1", port_of(server));
+  auto client = open(Purpose::client, client_options(shm() ? server.local_endpoint()
+                                                           : GetParam() + "://127.0.0.1:" + std::to_string(proxy->port())));
   constexpr std::uint64_t kCount = 30000;
   std::atomic<bool> done{false};
   std::thread cutter([&] {
     for (int i = 0; i < 8 && !done.load(std::memory_order_relaxed); ++i) {
       std::this_thread::sleep_for(30ms);
-      proxy.cut_all();
+      if (proxy) {
+        proxy->cut_all();
+      } else {
+        detail::cut_links_for_testing(server);
+      }
     }
   });
   std::thread producer([&] {
@@ -555,6 +598,7 @@ TEST_P(Conformance, KilledClientIsSeenPromptlyAndItsSessionReleased) {
     ++disconnects;
   };
   if (tls()) GTEST_SKIP() << "the helper client speaks plain tcp";
+  const std::size_t shm_files = dev_shm_files();
   auto server = open(Purpose::server, so);
   const std::string peer = (std::filesystem::path(test::peer_path()).parent_path() / "ferry_comm_peer").string();
   test::Child child({peer, "client", server.local_endpoint()}, -1, true);
@@ -571,16 +615,18 @@ TEST_P(Conformance, KilledClientIsSeenPromptlyAndItsSessionReleased) {
   }
   const auto noticed = std::chrono::nanoseconds(seen_at.load()) - killed.time_since_epoch();
   std::printf("killed client noticed after %.1f ms\n", std::chrono::duration<double, std::milli>(noticed).count());
-  EXPECT_LT(noticed, so.connection.keepalive_timeout);
+  EXPECT_LT(noticed, shm() ? std::chrono::nanoseconds(100ms) : std::chrono::nanoseconds(so.connection.keepalive_timeout));
   // After the resume timeout the session is gone and puts to that peer fail.
   std::this_thread::sleep_for(600ms);
   EXPECT_TRUE(server.stats().peers.empty());
+  EXPECT_EQ(dev_shm_files(), shm_files) << "a killed shm client left files in /dev/shm";
 }
 
 TEST_P(Conformance, KilledServerFailsTheClientPromptly) {
   if (tls()) GTEST_SKIP() << "the helper server speaks plain tcp";
   const std::string peer = (std::filesystem::path(test::peer_path()).parent_path() / "ferry_comm_peer").string();
-  test::Child child({peer, "server", "tcp://127.0.0.1:0"}, -1, true);
+  const std::size_t shm_files = dev_shm_files();
+  test::Child child({peer, "server", server_endpoint()}, -1, true);
   const std::string line = child.read_line();
   ASSERT_EQ(line.rfind("listening ", 0), 0u) << line;
   Options co = client_options(line.substr(10));
@@ -594,8 +640,9 @@ TEST_P(Conformance, KilledServerFailsTheClientPromptly) {
   EXPECT_EQ(errc_of([&] { (void)client.get_for(kWait); }), Errc::peer_lost);
   const auto took = std::chrono::steady_clock::now() - killed;
   std::printf("killed server: client get() failed after %.1f ms\n", std::chrono::duration<double, std::milli>(took).count());
-  EXPECT_LT(took, co.connection.keepalive_timeout);
+  EXPECT_LT(took, shm() ? std::chrono::nanoseconds(100ms) : std::chrono::nanoseconds(co.connection.keepalive_timeout));
   EXPECT_EQ(errc_of([&] { client.put(std::string("x")).wait(); }), Errc::peer_lost);
+  EXPECT_EQ(dev_shm_files(), shm_files) << "a killed shm server left files in /dev/shm";
 }
 
 TEST_P(Conformance, KeepAliveTimeoutDetectsASilentPeer) {
@@ -608,7 +655,8 @@ TEST_P(Conformance, KeepAliveTimeoutDetectsASilentPeer) {
     if (ec == make_error_code(Errc::peer_lost)) ++lost;
   };
   auto server = open(Purpose::server, so);
-  RawSocket raw(port_of(server));
+  const auto raw_socket = raw_to(server);
+  RawSocket& raw = *raw_socket;
   const auto h = hello_bytes();
   raw.send(h.data(), h.size());  // handshakes, then never sends another byte
   const auto t0 = std::chrono::steady_clock::now();
@@ -804,7 +852,7 @@ TEST_P(Tls, ServerWithWrongHostCertificateIsRefused) {
   EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, co); }), Errc::permission_denied);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls"));
+INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls", "shm"));
 INSTANTIATE_TEST_SUITE_P(Transports, BadInput, ::testing::Values("tcp"));
 INSTANTIATE_TEST_SUITE_P(Transports, Tls, ::testing::Values("tls"));
 

@@ -141,6 +141,11 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   std::string transport() const override { return m_stream.tls() ? "tls" : "tcp"; }
   std::string remote() const override { return m_remote; }
   void abort() override;
+  void cut() override {
+    asio::post(m_strand, [self = shared_from_this()] {
+      if (self->m_running) self->fail(Errc::peer_lost, "connection cut (fault injection)");
+    });
+  }
 
  private:
   void tls_handshake();

@@ -15,7 +15,7 @@ layout::Identity self_identity();
 /// Start time of `pid` in clock ticks since boot, or 0 if there is no such process.
 std::uint64_t process_start_time(std::uint64_t pid);
 
-/// True while the process named by `id` runs (a zombie counts as dead). A reused pid with
+/// True while the process named by `id` runs (a zombie, or a process in exit, counts as dead). A reused pid with
 /// another start time is dead. `id == 0` (nobody) is not alive.
 bool is_alive(layout::Identity id);
 

@@ -1,0 +1,1006 @@
+// SPDX-License-Identifier: Apache-2.0
+// The shared-memory transport. A server listens on a Unix socket (the rendezvous); for each
+// client it checks the peer's credentials, creates two byte rings in anonymous memory (memfd,
+// hugepages when available) and two eventfds, and hands the four descriptors over the socket
+// with its hello. Frames then travel through the rings; the socket stays open only as the
+// peer-death signal (its EOF). Nothing is ever named in /dev/shm, so nothing is left there
+// after a crash of either side.
+//
+// Waiting: a side that finds its ring empty (or its peer's ring full) polls briefly, then
+// announces that it sleeps in the ring's wait line and waits for its eventfd in the event
+// loop. The other side writes that eventfd only when the announcement is up, so a stream
+// makes no system call per message, and an idle server with many clients sleeps in one
+// epoll_wait (Asio's), with no thread and no spinning per client.
+//
+// Writing happens on the caller's thread (put() copies into the ring directly) unless the
+// ring is full or the batch carries the close frame; the strand continues then.
+// Layer: src/transport/shm.
+#include "transport/shm/shm_transport.hpp"
+
+#include <boost/asio.hpp>
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include <ferry/shm/process.hpp>
+#include <ferry/shm/ring.hpp>
+
+#include "core/frame_reader.hpp"
+#include "core/link_writer.hpp"
+#include "framing/frame.hpp"
+#include "transport/asio_transport.hpp"
+
+namespace ferry::detail::shm_link {
+namespace {
+
+namespace asio = boost::asio;
+using local_socket = asio::local::stream_protocol::socket;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
+using Done = AsioTransport::Done;
+using ferry::shm::ByteRing;
+using ferry::shm::Segment;
+using ShmStatus = ferry::shm::Status;
+
+/// Descriptors handed from the server to the client with its hello, in this order.
+enum FdIndex : std::size_t { kClientToServer, kServerToClient, kServerEvent, kClientEvent, kFdCount };
+/// Larger records gain nothing (the copy dominates) and would hold back the consumer.
+constexpr std::size_t kMaxRecord = std::size_t{64} << 10;
+/// The reader settles a round (wakes get(), acknowledges) at least every this many records.
+constexpr unsigned kRecordsPerRound = 8;
+
+std::error_code ferry_code(Errc e) { return make_error_code(e); }
+
+Failure translate(const error_code& ec, const std::string& context) {
+  Failure f;
+  f.what = context + ": " + ec.message();
+  if (ec == asio::error::connection_refused || ec == boost::system::errc::no_such_file_or_directory) {
+    f.errc = Errc::not_found;
+  } else if (ec == asio::error::access_denied || ec == boost::system::errc::permission_denied) {
+    f.errc = Errc::permission_denied;
+  } else if (ec == asio::error::timed_out) {
+    f.errc = Errc::timed_out;
+  } else {
+    f.errc = Errc::peer_lost;
+  }
+  return f;
+}
+
+/// An owned descriptor.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) noexcept : m_fd(fd) {}
+  Fd(Fd&& o) noexcept : m_fd(std::exchange(o.m_fd, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      m_fd = std::exchange(o.m_fd, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  [[nodiscard]] int get() const noexcept { return m_fd; }
+  int release() noexcept { return std::exchange(m_fd, -1); }
+  void reset() noexcept {
+    if (m_fd >= 0) ::close(m_fd);
+    m_fd = -1;
+  }
+
+ private:
+  int m_fd = -1;
+};
+
+Fd make_eventfd() {
+  const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) throw Error(Errc::unavailable, std::string("eventfd: ") + std::strerror(errno));
+  return Fd(fd);
+}
+
+/// True when fd is an eventfd (a descriptor from the peer is checked before use).
+bool is_eventfd(int fd) {
+  std::array<char, 64> target{};
+  const std::string link = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = ::readlink(link.c_str(), target.data(), target.size() - 1);
+  return n > 0 && std::string_view(target.data(), static_cast<std::size_t>(n)) == "anon_inode:[eventfd]";
+}
+
+/// Sends bytes with descriptors attached (SCM_RIGHTS), non-blocking. False: errno set.
+bool send_with_fds(int sock, std::span<const std::byte> bytes, std::span<const int> fds) {
+  iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};  // NOLINT(cppcoreguidelines-pro-type-const-cast): sendmsg() only reads
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * kFdCount)> control{};
+  if (!fds.empty()) {
+    msg.msg_control = control.data();
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  const ssize_t n = ::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n == static_cast<ssize_t>(bytes.size())) return true;
+  if (n >= 0) errno = EAGAIN;  // a 64-byte send into an empty socket buffer is never short
+  return false;
+}
+
+/// Receives up to bytes.size() bytes, non-blocking; descriptors that come along are appended
+/// to fds (owned). Returns recvmsg()'s result (-1: errno set; 0: EOF).
+ssize_t recv_with_fds(int sock, std::span<std::byte> bytes, std::vector<Fd>& fds) {
+  iovec iov{bytes.data(), bytes.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * 16)> control{};
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  const ssize_t n = ::recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n < 0) return n;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd = -1;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      fds.emplace_back(fd);
+    }
+  }
+  if ((msg.msg_flags & MSG_CTRUNC) != 0) {
+    errno = EPROTO;  // more descriptors than a server ever sends: the ones we got are closed
+    return -1;
+  }
+  return n;
+}
+
+std::string human_bytes(std::uint64_t n) {
+  if (n >= (std::uint64_t{1} << 30) && n % (std::uint64_t{1} << 30) == 0) return std::to_string(n >> 30) + " GiB";
+  if (n >= (std::uint64_t{1} << 20) && n % (std::uint64_t{1} << 20) == 0) return std::to_string(n >> 20) + " MiB";
+  if (n >= 1024 && n % 1024 == 0) return std::to_string(n >> 10) + " KiB";
+  return std::to_string(n) + " B";
+}
+
+std::string describe(const Segment& seg) {
+  const auto& info = seg.info();
+  std::string out = "ring " + human_bytes(seg.spec().capacity) + ", " + human_bytes(info.page_size) + " pages (" +
+                    info.backing + (info.thp_advised ? ", THP advised" : "") + ")";
+  if (!info.fallback.empty()) out += ", no hugepages: " + info.fallback;
+  return out;
+}
+
+class ShmTransport;
+
+/// One client's connection, on either side. Everything runs on its strand except kick(),
+/// resume_reading() and shutdown(), and the writer role, which whoever wins it in kick()
+/// holds, on any thread.
+class Connection final : public AsioLink, public std::enable_shared_from_this<Connection> {
+ public:
+  enum class Role { server, client };
+
+  Connection(ShmTransport& transport, Role role);
+  ~Connection() override;
+
+  local_socket& socket() noexcept { return m_socket; }
+  /// After the socket is connected: handshake, then run. done(failure) reports the outcome
+  /// of the handshake (nullopt: running).
+  void start(Done done);
+
+  void kick() override;
+  void resume_reading() override;
+  void shutdown(std::error_code why) override;
+  std::string transport() const override { return "shm"; }
+  std::string remote() const override { return m_remote; }
+  std::string detail() const override { return m_detail; }
+  void abort() override;
+  void cut() override {
+    asio::post(m_strand, [self = shared_from_this()] {
+      if (self->m_running) self->fail(Errc::peer_lost, "connection cut (fault injection)");
+    });
+  }
+
+ private:
+  enum class WriteResult { done, blocked, failed };
+
+  // Handshake.
+  void server_start();
+  void refuse(Errc e, const std::string& why);
+  void on_client_hello();
+  void client_read_reply();
+  void on_server_reply(std::vector<Fd> fds);
+  void handshake_failed(Failure f);
+  void run();
+
+  // Reading.
+  void arm_event();
+  void on_event();
+  void arm_socket();
+  void on_socket_readable();
+  void read_ring();
+  /// The socket reached EOF and the ring is drained.
+  void peer_gone();
+
+  // Writing.
+  bool next_batch();
+  WriteResult write_batch();
+  bool write_inline();
+  void do_write();
+  void continue_write();
+  /// Strand, writer role held for a batch that will not be written: answers it, drops the role.
+  void write_failed_on_strand();
+  /// The link goes down while the strand holds the writer role for a blocked batch.
+  void drop_blocked_write();
+  void finish_write();
+
+  void on_tick();
+  void fail(Errc errc, const std::string& what);
+  void close_all();
+
+  ShmTransport& m_transport;
+  const Role m_role;
+  CommunicatorImpl& m_owner;
+  asio::strand<asio::io_context::executor_type> m_strand;
+  local_socket m_socket;
+  asio::steady_timer m_timer;
+  std::string m_remote;
+  std::string m_detail;
+  Done m_handshake_done;
+  std::shared_ptr<Session> m_session;
+  bool m_running = false;
+  bool m_failed = false;
+  bool m_peer_eof = false;  // the socket reached EOF: fail once the ring is drained
+  // Client: the server process (pid and start time, from the socket's credentials). When it
+  // is dead the session cannot resume (a new server has no sessions): it ends at once.
+  ferry::shm::layout::Identity m_peer_identity = 0;
+  unsigned m_exit_checks = 0;  // EOF from a server still alive: re-checks before resuming
+  std::array<std::byte, framing::kHelloSize> m_hello_out{};
+  std::array<std::byte, framing::kHelloSize> m_hello_in{};
+  std::size_t m_hello_got = 0;
+  std::vector<Fd> m_received_fds;
+
+  // Declared before the rings: the producer's close in its destructor may write m_peer_event.
+  Fd m_peer_event;                                // the peer sleeps on it: we write it
+  std::optional<asio::posix::stream_descriptor> m_event;  // we sleep on it
+  std::optional<Segment> m_tx_segment;
+  std::optional<Segment> m_rx_segment;
+  std::optional<ByteRing::Producer> m_tx;  // the writer role's
+  std::optional<ByteRing::Consumer> m_rx;  // the strand's
+  std::size_t m_max_record = kMaxRecord;
+
+  // Reader (strand).
+  FrameReader m_reader;
+  std::size_t m_record_offset = 0;  // bytes of the peeked record already fed (after a pause)
+  Clock::time_point m_last_rx{};
+
+  // Writer (the role's holder).
+  LinkWriter m_writer;
+  const std::vector<std::span<const std::byte>>* m_wbufs = nullptr;
+  std::size_t m_wi = 0;       // buffer being copied
+  std::size_t m_woff = 0;     // offset in it
+  std::size_t m_wleft = 0;    // bytes of the batch not yet in the ring
+  bool m_write_blocked = false;  // strand: the ring is full, the role waits for the eventfd
+  // sync(shm.open) release in run(), acquire in write_inline(): the rings are set up.
+  std::atomic<bool> m_open{false};
+  // relaxed everywhere: a time stamp for the keep-alive timer, set by whichever thread wrote.
+  std::atomic<Clock::rep> m_last_tx{0};
+};
+
+class ShmTransport final : public AsioTransport {
+ public:
+  explicit ShmTransport(CommunicatorImpl& owner);
+  ~ShmTransport() override { stop(); }
+
+  const ShmOptions& shm() const noexcept { return owner().options().shm; }
+  std::chrono::microseconds spin() const noexcept { return m_spin; }
+  /// Server: whether a client with these credentials may connect; why set when not.
+  bool allowed(const ucred& cred, std::string& why) const;
+
+ private:
+  void listen();
+  void accept();
+  void connect(Done done) override;
+  void stop_accepting() override;
+
+  const Endpoint m_endpoint;
+  std::filesystem::path m_path;
+  std::optional<asio::local::stream_protocol::acceptor> m_acceptor;
+  std::uint64_t m_socket_inode = 0;  // to unlink only our own socket
+  std::chrono::microseconds m_spin{0};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Connection: handshake
+
+Connection::Connection(ShmTransport& transport, Role role)
+    : m_transport(transport),
+      m_role(role),
+      m_owner(transport.owner()),
+      m_strand(asio::make_strand(transport.io())),
+      m_socket(m_strand),
+      m_timer(m_strand),
+      m_reader(m_owner),
+      m_writer(transport.conn().merge_size) {}
+
+Connection::~Connection() {
+  // A write whose completion was dropped (the event loop stopped): nothing reads its buffers
+  // any more, so what it carried may fail now.
+  if (m_writer.pending && m_session) m_session->write_failed(m_writer.record);
+}
+
+void Connection::start(Done done) {
+  m_handshake_done = std::move(done);
+  m_timer.expires_after(m_transport.conn().handshake_timeout);
+  m_timer.async_wait([self = shared_from_this()](const error_code& e) {
+    if (!e && !self->m_running && !self->m_failed) {
+      self->handshake_failed({Errc::timed_out, "handshake with " + self->m_remote + " timed out"});
+    }
+  });
+  if (m_role == Role::server) return server_start();
+  m_remote = m_owner.endpoint().to_string();
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(m_socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0) {
+    const auto pid = static_cast<std::uint64_t>(cred.pid);
+    m_peer_identity = ferry::shm::layout::make_identity(pid, ferry::shm::process_start_time(pid));
+  }
+  framing::Hello hello;
+  m_owner.client_hello(hello);
+  framing::encode_hello(hello, m_hello_out);
+  asio::async_write(m_socket, asio::buffer(m_hello_out), [self = shared_from_this()](const error_code& ec, std::size_t) {
+    if (self->m_failed) return;
+    if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+    self->client_read_reply();
+  });
+}
+
+void Connection::server_start() {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(m_socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return handshake_failed({Errc::system, std::string("SO_PEERCRED: ") + std::strerror(errno)});
+  }
+  m_remote = "pid " + std::to_string(cred.pid) + " uid " + std::to_string(cred.uid);
+  std::string why;
+  if (!m_transport.allowed(cred, why)) return refuse(Errc::permission_denied, why);
+  asio::async_read(m_socket, asio::buffer(m_hello_in), [self = shared_from_this()](const error_code& ec, std::size_t) {
+    if (self->m_failed) return;
+    if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+    self->on_client_hello();
+  });
+}
+
+void Connection::refuse(Errc e, const std::string& why) {
+  framing::Hello reply;
+  reply.id = m_owner.options().id;
+  reply.max_chunk = m_owner.max_chunk();
+  reply.max_message = m_owner.options().connection.message_size;
+  reply.status = static_cast<std::uint32_t>(e);
+  framing::encode_hello(reply, m_hello_out);
+  asio::async_write(m_socket, asio::buffer(m_hello_out), [self = shared_from_this(), e, why](const error_code&, std::size_t) {
+    self->handshake_failed({e, "refused client " + self->m_remote + ": " + why});
+  });
+}
+
+void Connection::on_client_hello() {
+  framing::Hello hello;
+  std::string why;
+  const Errc decoded = framing::decode_hello(m_hello_in, hello, why);
+  if (decoded != Errc{}) {
+    if (decoded == Errc::version_mismatch) return refuse(decoded, why);
+    return handshake_failed({decoded, "handshake with " + m_remote + ": " + why});
+  }
+  // The rings and eventfds first: a failure refuses the client before a session exists.
+  const ShmOptions& opt = m_transport.shm();
+  Fd server_event;
+  try {
+    ferry::shm::SegmentOptions so;
+    so.huge_pages = opt.huge_pages ? ferry::shm::HugePages::prefer : ferry::shm::HugePages::off;
+    m_rx_segment.emplace(Segment::create_anonymous(ByteRing::spec(opt.ring_size), so));
+    m_tx_segment.emplace(Segment::create_anonymous(ByteRing::spec(opt.ring_size), so));
+    server_event = make_eventfd();
+    m_peer_event = make_eventfd();
+    m_rx.emplace(*m_rx_segment);
+    m_tx.emplace(*m_tx_segment, ferry::shm::ProducerOptions{{}, std::numeric_limits<std::uint32_t>::max()});
+  } catch (const Error& e) {
+    return refuse(Errc::unavailable, std::string("cannot set up shared memory: ") + e.what());
+  }
+  m_detail = describe(*m_tx_segment);
+  const std::array<int, kFdCount> fds{m_rx_segment->fd(), m_tx_segment->fd(), server_event.get(), m_peer_event.get()};
+  m_event.emplace(m_strand, server_event.release());
+
+  framing::Hello reply;
+  std::uint64_t next_expected = 1;
+  const Errc e = m_owner.accept_client(hello, shared_from_this(), reply, m_session, next_expected, why);
+  if (e != Errc{}) {
+    m_session.reset();
+    return refuse(e, why);
+  }
+  framing::encode_hello(reply, m_hello_out);
+  m_reader.start(m_session, next_expected);
+  if (!send_with_fds(m_socket.native_handle(), m_hello_out, fds)) {
+    return fail(Errc::peer_lost, "handshake reply to " + m_remote + ": " + std::strerror(errno));
+  }
+  // The client's copies are in flight in the socket: it holds the memory from now on.
+  run();
+}
+
+void Connection::client_read_reply() {
+  m_socket.async_wait(local_socket::wait_read, [self = shared_from_this()](const error_code& ec) {
+    if (self->m_failed) return;
+    if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+    const std::span<std::byte> rest(self->m_hello_in.data() + self->m_hello_got, self->m_hello_in.size() - self->m_hello_got);
+    const ssize_t n = recv_with_fds(self->m_socket.native_handle(), rest, self->m_received_fds);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return self->client_read_reply();
+    if (n <= 0) {
+      return self->handshake_failed({Errc::peer_lost, "handshake with " + self->m_remote + ": " +
+                                                          (n == 0 ? std::string("the server closed the socket") : std::strerror(errno))});
+    }
+    self->m_hello_got += static_cast<std::size_t>(n);
+    if (self->m_hello_got < self->m_hello_in.size()) return self->client_read_reply();
+    self->on_server_reply(std::move(self->m_received_fds));
+  });
+}
+
+void Connection::on_server_reply(std::vector<Fd> fds) {
+  framing::Hello hello;
+  std::string why;
+  const Errc decoded = framing::decode_hello(m_hello_in, hello, why);
+  if (decoded != Errc{}) return handshake_failed({decoded, "handshake with " + m_remote + ": " + why});
+  if (hello.status != 0) {
+    return handshake_failed({static_cast<Errc>(hello.status),
+                             "server " + m_remote + " refused the connection: " + m_transport.refusal(hello)});
+  }
+  // Everything from the server is checked before use: four descriptors, two ring segments of
+  // a sane size, two eventfds.
+  const auto bad = [&](const std::string& what) {
+    handshake_failed({Errc::protocol_error, "handshake with " + m_remote + ": " + what});
+  };
+  if (fds.size() != kFdCount) return bad("expected " + std::to_string(kFdCount) + " descriptors, got " + std::to_string(fds.size()));
+  if (!is_eventfd(fds[kServerEvent].get()) || !is_eventfd(fds[kClientEvent].get())) return bad("the wake-up descriptors are not eventfds");
+  try {
+    m_tx_segment.emplace(Segment::open_fd(fds[kClientToServer].get(), ByteRing::spec(0)));
+    m_rx_segment.emplace(Segment::open_fd(fds[kServerToClient].get(), ByteRing::spec(0)));
+    for (const Segment* s : {&*m_tx_segment, &*m_rx_segment}) {
+      if (s->spec().capacity < 4096 || s->spec().capacity > (std::uint64_t{1} << 30)) {
+        return bad("ring of " + std::to_string(s->spec().capacity) + " bytes");
+      }
+    }
+    m_tx.emplace(*m_tx_segment, ferry::shm::ProducerOptions{{}, std::numeric_limits<std::uint32_t>::max()});
+    m_rx.emplace(*m_rx_segment);
+  } catch (const Error& e) {
+    return bad(std::string("cannot use the rings: ") + e.what());
+  }
+  m_detail = describe(*m_tx_segment);
+  m_peer_event = std::move(fds[kServerEvent]);
+  m_event.emplace(m_strand, fds[kClientEvent].release());
+  std::uint64_t next_expected = 1;
+  const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
+  if (e != Errc{}) {
+    m_session.reset();
+    return handshake_failed({e, "handshake with " + m_remote + ": " + why});
+  }
+  m_reader.start(m_session, next_expected);
+  run();
+}
+
+void Connection::handshake_failed(Failure f) {
+  if (m_failed) return;
+  m_failed = true;
+  close_all();
+  if (m_session) m_session->link_down(this, ferry_code(f.errc));
+  auto done = std::move(m_handshake_done);
+  m_transport.link_ended(shared_from_this(), false);
+  if (done) done(std::move(f));
+}
+
+void Connection::run() {
+  m_running = true;
+  m_last_rx = Clock::now();
+  // relaxed: see m_last_tx.
+  m_last_tx.store(m_last_rx.time_since_epoch().count(), std::memory_order_relaxed);
+  m_tx->set_peer_wake_fd(m_peer_event.get());
+  m_rx->set_peer_wake_fd(m_peer_event.get());
+  m_max_record = std::min<std::size_t>(kMaxRecord, m_tx->capacity() / 8);
+  // sync(shm.open) release: the rings above are set up; pairs with the acquire in write_inline().
+  m_open.store(true, std::memory_order_release);
+  if (auto done = std::move(m_handshake_done)) done(std::nullopt);
+  on_tick();
+  arm_event();
+  arm_socket();
+  read_ring();
+  kick();  // anything queued before the connection came up (a resend after a reconnect)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection: reading
+
+void Connection::arm_event() {
+  m_event->async_wait(asio::posix::stream_descriptor::wait_read, [self = shared_from_this()](const error_code& ec) {
+    if (ec || self->m_failed) return;
+    self->on_event();
+  });
+}
+
+void Connection::on_event() {
+  eventfd_t value = 0;
+  (void)::eventfd_read(m_event->native_handle(), &value);  // EAGAIN: woken by the other wait
+  if (m_write_blocked) continue_write();
+  if (m_failed) return;
+  m_rx->end_sleep();
+  read_ring();
+  if (!m_failed) arm_event();
+}
+
+void Connection::arm_socket() {
+  m_socket.async_wait(local_socket::wait_read, [self = shared_from_this()](const error_code& ec) {
+    if (ec || self->m_failed) return;
+    self->on_socket_readable();
+  });
+}
+
+void Connection::on_socket_readable() {
+  std::byte b{};
+  const ssize_t n = ::recv(m_socket.native_handle(), &b, 1, MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return arm_socket();
+  if (n > 0) return fail(Errc::protocol_error, "from " + m_remote + ": unexpected bytes on the rendezvous socket");
+  // EOF or an error: the peer is gone. What it committed to the ring is still ours to read.
+  m_peer_eof = true;
+  read_ring();
+}
+
+void Connection::read_ring() {
+  if (!m_running || m_failed || m_reader.paused()) return;
+  const auto spin = m_transport.spin();
+  for (;;) {
+    unsigned records = 0;
+    for (;;) {
+      std::span<const std::byte> record;
+      const ShmStatus st = m_rx->try_peek(record);
+      if (st == ShmStatus::would_block) break;
+      if (st == ShmStatus::closed) {
+        m_reader.end_round(true, true);
+        if (m_failed) return;
+        return fail(Errc::peer_lost, m_remote + " closed its ring");
+      }
+      if (st != ShmStatus::ok) {
+        return fail(Errc::protocol_error, "from " + m_remote + ": corrupt ring (" + ferry::shm::to_string(st) + ")");
+      }
+      Errc e{};
+      std::string why;
+      m_record_offset += m_reader.feed(record.subspan(m_record_offset), e, why);
+      if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
+      if (m_record_offset < record.size()) {  // the receive queue is full: resume_reading() goes on
+        m_rx->flush();
+        m_reader.end_round(false, false);
+        return;
+      }
+      m_rx->release();
+      m_record_offset = 0;
+      m_last_rx = Clock::now();
+      if (++records % kRecordsPerRound == 0) m_reader.end_round(false, true);
+    }
+    m_reader.end_round(true, true);
+    if (m_failed) return;
+    if (m_peer_eof) return peer_gone();
+    if (spin.count() > 0) {
+      // Poll a little: a message that follows closely then costs neither side a wake-up.
+      const auto until = Clock::now() + spin;
+      bool more = false;
+      for (unsigned i = 0; !more; ++i) {
+        std::span<const std::byte> record;
+        more = m_rx->try_peek(record) != ShmStatus::would_block;
+        if (!more && (i & 63) == 63 && Clock::now() >= until) break;
+        if (!more) ferry::shm::cpu_relax();
+      }
+      if (more) continue;
+    }
+    if (!m_rx->announce_sleep()) continue;
+    return;  // on_event() resumes
+  }
+}
+
+void Connection::peer_gone() {
+  // A killed server's descriptors close a moment before the kernel shows it dead: look again
+  // for up to 50 ms before treating the drop as resumable.
+  if (m_role == Role::client && m_peer_identity != 0 && m_exit_checks < 10 && ferry::shm::is_alive(m_peer_identity)) {
+    ++m_exit_checks;
+    auto t = std::make_shared<asio::steady_timer>(m_strand, std::chrono::milliseconds(5));
+    t->async_wait([self = shared_from_this(), t](const error_code&) { self->read_ring(); });
+    return;
+  }
+  fail(Errc::peer_lost, m_remote + " closed the rendezvous socket (exited or was killed)");
+}
+
+void Connection::resume_reading() {
+  asio::post(m_strand, [self = shared_from_this()] {
+    if (!self->m_reader.paused() || self->m_failed) return;
+    self->m_reader.resume();
+    self->m_last_rx = Clock::now();
+    self->read_ring();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection: writing
+
+void Connection::kick() {
+  if (m_writer.claim()) {
+    if (!write_inline()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+  }
+}
+
+bool Connection::next_batch() {
+  if (!m_writer.next(*m_session)) return false;
+  m_wbufs = &m_writer.batch.buffers();
+  m_wi = 0;
+  m_woff = 0;
+  m_wleft = m_writer.batch.bytes();
+  return true;
+}
+
+Connection::WriteResult Connection::write_batch() {
+  const auto& bufs = *m_wbufs;
+  while (m_wleft > 0) {
+    const std::size_t want = std::min(m_wleft, m_max_record);
+    std::span<std::byte> out;
+    const ShmStatus st = m_tx->try_reserve(want, out);
+    if (st == ShmStatus::would_block) {
+      if (m_tx->announce_sleep(want)) return WriteResult::blocked;
+      continue;  // space came meanwhile
+    }
+    if (st != ShmStatus::ok) return WriteResult::failed;  // the peer closed its end, or corrupt
+    std::size_t done = 0;
+    while (done < want) {
+      const auto& b = bufs[m_wi];
+      const std::size_t take = std::min(b.size() - m_woff, want - done);
+      std::memcpy(out.data() + done, b.data() + m_woff, take);
+      done += take;
+      m_woff += take;
+      if (m_woff == b.size()) {
+        ++m_wi;
+        m_woff = 0;
+      }
+    }
+    m_tx->commit(want);
+    m_wleft -= want;
+  }
+  m_tx->flush();
+  return WriteResult::done;
+}
+
+void Connection::finish_write() {
+  m_writer.pending = false;
+  // relaxed: see m_last_tx.
+  m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  m_session->written(m_writer.record);
+}
+
+bool Connection::write_inline() {
+  // sync(shm.open) acquire: pairs with the release in run(); m_session and the rings are set.
+  if (!m_open.load(std::memory_order_acquire)) return false;
+  if (!next_batch()) return true;
+  // The close frame goes from the strand: its written() may end the session, and the end's
+  // callbacks (on_disconnect) run on Ferry's threads, never on the caller's.
+  if (m_writer.record.close) {
+    asio::post(m_strand, [self = shared_from_this()] {
+      if (self->m_failed) return self->write_failed_on_strand();
+      self->m_write_blocked = true;
+      self->continue_write();
+    });
+    return true;
+  }
+  switch (write_batch()) {
+    case WriteResult::done:
+      finish_write();
+      // One batch per caller: more that is due is written on the strand, so a put() never
+      // writes other threads' messages for long.
+      if (m_writer.release()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+      return true;
+    case WriteResult::blocked:
+      asio::post(m_strand, [self = shared_from_this()] {
+        self->m_write_blocked = true;
+        self->continue_write();
+      });
+      return true;
+    case WriteResult::failed:
+      asio::post(m_strand, [self = shared_from_this()] { self->write_failed_on_strand(); });
+      return true;
+  }
+  return true;
+}
+
+void Connection::write_failed_on_strand() {
+  m_write_blocked = true;
+  drop_blocked_write();
+  if (!m_failed) fail(Errc::peer_lost, m_remote + " closed its ring");
+}
+
+void Connection::drop_blocked_write() {
+  if (!m_write_blocked) return;
+  m_write_blocked = false;
+  m_writer.pending = false;
+  m_session->write_failed(m_writer.record);
+  m_writer.drop();
+}
+
+void Connection::continue_write() {
+  if (!m_write_blocked) return;
+  if (m_failed) return write_failed_on_strand();
+  m_tx->end_sleep();
+  switch (write_batch()) {
+    case WriteResult::blocked:
+      return;  // announced again: on_event() calls back
+    case WriteResult::failed:
+      return write_failed_on_strand();
+    case WriteResult::done:
+      break;
+  }
+  m_write_blocked = false;
+  finish_write();
+  do_write();
+}
+
+void Connection::do_write() {
+  if (m_failed || !m_session || !m_running) return m_writer.drop();  // run() kicks again
+  for (;;) {
+    if (!next_batch()) return;
+    switch (write_batch()) {
+      case WriteResult::blocked:
+        m_write_blocked = true;
+        return;
+      case WriteResult::failed:
+        return write_failed_on_strand();
+      case WriteResult::done:
+        break;
+    }
+    finish_write();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection: life cycle
+
+void Connection::on_tick() {
+  if (m_failed) return;
+  const auto now = Clock::now();
+  const auto& c = m_transport.conn();
+  if (!m_reader.paused() && now - m_last_rx >= c.keepalive_timeout) {
+    return fail(Errc::peer_lost, "no frame from " + m_remote + " for " + std::to_string(c.keepalive_timeout.count()) + " ms");
+  }
+  // relaxed: see m_last_tx.
+  if (now - Clock::time_point(Clock::duration(m_last_tx.load(std::memory_order_relaxed))) >= c.keepalive_interval) {
+    m_writer.want_keepalive();
+    kick();
+  }
+  const auto tick = std::max(std::chrono::milliseconds(1), std::min(c.keepalive_interval, c.keepalive_timeout / 4));
+  m_timer.expires_after(tick);
+  m_timer.async_wait([self = shared_from_this()](const error_code& ec) {
+    if (!ec) self->on_tick();
+  });
+}
+
+void Connection::fail(Errc errc, const std::string& what) {
+  if (m_failed) return;
+  if (!m_running) return handshake_failed({errc, what});
+  m_failed = true;
+  m_reader.wake_pending();
+  drop_blocked_write();
+  close_all();
+  const bool peer_dead = m_role == Role::client && m_peer_eof && m_peer_identity != 0 &&
+                         !ferry::shm::is_alive(m_peer_identity);
+  if (m_session) m_session->link_down(this, ferry_code(errc), !peer_dead);
+  m_transport.link_ended(shared_from_this(), true);
+}
+
+void Connection::shutdown(std::error_code why) {
+  asio::post(m_strand, [self = shared_from_this(), why] {
+    if (self->m_failed) return;
+    self->m_reader.wake_pending();
+    // Everything written is in the ring, which the peer keeps mapped: nothing to drain.
+    self->m_failed = true;
+    self->drop_blocked_write();
+    (void)why;
+    self->close_all();
+    self->m_transport.link_ended(self, false);
+  });
+}
+
+void Connection::abort() {
+  asio::post(m_strand, [self = shared_from_this()] {
+    self->m_failed = true;
+    self->drop_blocked_write();
+    self->close_all();
+  });
+}
+
+void Connection::close_all() {
+  // The rings and the peer's eventfd stay until the destructor: a writer on another thread
+  // may still be copying into the ring and waking the peer.
+  // sync(shm.open) release: writers that see it hand over to the strand, which drops the role.
+  m_open.store(false, std::memory_order_release);
+  error_code ec;
+  m_timer.cancel();
+  m_socket.close(ec);
+  if (m_event) m_event->close(ec);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ShmTransport
+
+ShmTransport::ShmTransport(CommunicatorImpl& owner) : AsioTransport(owner), m_endpoint(owner.endpoint()) {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const bool several_cpus = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) >= 2;
+  m_spin = several_cpus ? shm().spin : std::chrono::microseconds::zero();
+  m_path = rendezvous_path(shm(), m_endpoint.path, owner.purpose() == Purpose::server);
+  m_local = m_endpoint.to_string();
+  if (owner.purpose() == Purpose::server) {
+    listen();
+    start_threads();
+    asio::post(m_acceptor->get_executor(), [this] { accept(); });
+    return;
+  }
+  start_threads();
+  try {
+    connect_first();
+  } catch (...) {
+    stop();
+    throw;
+  }
+}
+
+bool ShmTransport::allowed(const ucred& cred, std::string& why) const {
+  if (cred.uid == ::geteuid()) return true;
+  const auto& o = shm();
+  if (std::find(o.allow_uids.begin(), o.allow_uids.end(), cred.uid) != o.allow_uids.end()) return true;
+  if (std::find(o.allow_gids.begin(), o.allow_gids.end(), cred.gid) != o.allow_gids.end()) return true;
+  why = "uid " + std::to_string(cred.uid) + " (gid " + std::to_string(cred.gid) +
+        ") is not this server's user and not in shm.allow_uids / allow_gids";
+  return false;
+}
+
+void ShmTransport::listen() {
+  const std::string where = "listen on " + m_endpoint.to_string() + " (" + m_path.string() + ")";
+  const asio::local::stream_protocol::endpoint ep(m_path.string());
+  m_acceptor.emplace(asio::make_strand(io()));
+  error_code ec;
+  m_acceptor->open(ep.protocol(), ec);
+  if (!ec) m_acceptor->bind(ep, ec);
+  if (ec == asio::error::address_in_use) {
+    // A socket file is there. A live server answers on it; a dead one's file refuses.
+    local_socket probe(io());
+    error_code pe;
+    probe.connect(ep, pe);
+    if (!pe) throw Error(Errc::address_in_use, where + ": a server is already listening there");
+    if (pe != asio::error::connection_refused) throw Error(Errc::address_in_use, where + ": " + pe.message());
+    ::unlink(m_path.c_str());  // left by a server that died
+    ec.clear();
+    m_acceptor->bind(ep, ec);
+  }
+  if (ec) {
+    const Failure f = translate(ec, where);
+    throw Error(f.errc == Errc::peer_lost ? Errc::system : f.errc, f.what);
+  }
+  // Other users reach the socket only when they are allowed in (the check is allowed()).
+  const bool others = !shm().allow_uids.empty() || !shm().allow_gids.empty();
+  if (::chmod(m_path.c_str(), others ? 0666 : 0600) != 0) {
+    throw Error(Errc::system, where + ": chmod: " + std::strerror(errno));
+  }
+  struct stat st {};
+  if (::stat(m_path.c_str(), &st) == 0) m_socket_inode = st.st_ino;
+  m_acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw Error(Errc::system, where + ": " + ec.message());
+}
+
+void ShmTransport::accept() {
+  if (stopping()) return;
+  auto conn = std::make_shared<Connection>(*this, Connection::Role::server);
+  m_acceptor->async_accept(conn->socket(), [this, conn](const error_code& ec) {
+    if (stopping() || ec == asio::error::operation_aborted) return;
+    if (!ec) {
+      link_opened(conn);
+      asio::post(conn->socket().get_executor(), [conn] { conn->start(nullptr); });
+    } else {
+      // Out of descriptors or similar: keep accepting (a pause avoids a busy loop).
+      auto t = std::make_shared<asio::steady_timer>(io(), std::chrono::milliseconds(50));
+      t->async_wait([this, t](const error_code&) { accept(); });
+      return;
+    }
+    accept();
+  });
+}
+
+void ShmTransport::stop_accepting() {
+  if (!m_acceptor) return;
+  asio::post(m_acceptor->get_executor(), [this] {
+    error_code ec;
+    m_acceptor->close(ec);
+  });
+  // Remove our socket file (not one a newer server put in its place).
+  struct stat st {};
+  if (::stat(m_path.c_str(), &st) == 0 && st.st_ino == m_socket_inode) ::unlink(m_path.c_str());
+}
+
+void ShmTransport::connect(Done done) {
+  auto link = std::make_shared<Connection>(*this, Connection::Role::client);
+  link_opened(link);
+  auto timer = std::make_shared<asio::steady_timer>(link->socket().get_executor(), conn().connect_timeout);
+  timer->async_wait([link](const error_code& ec) {
+    if (!ec) {
+      error_code ignored;
+      link->socket().close(ignored);  // the connect completes with operation_aborted
+    }
+  });
+  const asio::local::stream_protocol::endpoint ep(m_path.string());
+  link->socket().async_connect(ep, [this, link, timer, done = std::move(done)](const error_code& ec) mutable {
+    timer->cancel();
+    if (ec) {
+      link_ended(link, false);
+      const std::string where = "connect to " + m_endpoint.to_string() + " (" + m_path.string() + ")";
+      Failure f = ec == asio::error::operation_aborted ? Failure{Errc::timed_out, where + ": timed out"} : translate(ec, where);
+      if (f.errc == Errc::not_found) f.what = where + ": no server is listening";
+      return done(f);
+    }
+    link->start(std::move(done));
+  });
+}
+
+}  // namespace
+
+std::filesystem::path rendezvous_path(const ShmOptions& options, std::string_view name, bool create) {
+  namespace fs = std::filesystem;
+  fs::path dir = options.directory;
+  bool default_dir = false;
+  if (dir.empty()) {
+    if (const char* env = std::getenv("FERRY_SHM_DIR"); env != nullptr && *env != '\0') {
+      dir = env;
+    } else if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
+      dir = fs::path(xdg) / "ferry";
+      default_dir = true;
+    } else {
+      dir = "/tmp/ferry-" + std::to_string(::geteuid());
+      default_dir = true;
+    }
+  }
+  if (create && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    throw Error(Errc::permission_denied, "shm: cannot create the rendezvous directory " + dir.string() + ": " + std::strerror(errno));
+  }
+  if (default_dir) {
+    // Nobody else may own, replace or write into the default directory: its sockets carry the
+    // owner's trust (a client connects to whatever is listening there).
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) == 0 &&
+        (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 022) != 0)) {
+      throw Error(Errc::permission_denied, "shm: the rendezvous directory " + dir.string() +
+                                               " is not a directory owned by this user and closed to others");
+    }
+  }
+  fs::path path = dir / (std::string(name) + ".sock");
+  if (path.string().size() >= sizeof(sockaddr_un{}.sun_path)) {
+    throw Error(Errc::invalid_argument, "shm: the rendezvous path " + path.string() + " is longer than a Unix socket allows (" +
+                                            std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes)");
+  }
+  return path;
+}
+
+std::unique_ptr<Transport> make_transport(CommunicatorImpl& owner) { return std::make_unique<ShmTransport>(owner); }
+
+}  // namespace ferry::detail::shm_link
