@@ -417,8 +417,18 @@ struct CommRoleArgs {
   unsigned workers = 1;
   unsigned receive_spin_us = 0;
   std::string payload = "borrowed";
+  std::size_t ring_size = std::size_t{1} << 20;
   int timeout = 30;
 };
+
+// The options both roles set from their arguments.
+Options role_options(const CommRoleArgs& a) {
+  Options o;
+  o.workers = a.workers;
+  o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
+  o.shm.ring_size = a.ring_size;
+  return o;
+}
 
 // Prints "listening <url>", then takes messages (streaming: counts them from the first to the
 // zero-length end marker; pingpong: echoes each) and answers the end marker with one of its
@@ -426,10 +436,9 @@ struct CommRoleArgs {
 int comm_server_role(const CommRoleArgs& a) {
   Watchdog watchdog("comm-server", std::chrono::seconds(a.timeout));
   const nanoseconds timeout = std::chrono::seconds(a.timeout);
-  Options o;
-  o.endpoint = a.transport + "://127.0.0.1:0";
-  o.workers = a.workers;
-  o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
+  Options o = role_options(a);
+  o.endpoint = a.transport == "shm" ? "shm://ferry-bench-" + std::to_string(::getpid())
+                                    : a.transport + "://127.0.0.1:0";
   if (a.transport == "tls") {
     o.security.certificate = fs::path(a.cert_dir) / "server.pem";
     o.security.key = fs::path(a.cert_dir) / "server.key";
@@ -504,10 +513,8 @@ int comm_client_role(const CommRoleArgs& a) {
     return owned ? Payload(Bytes::copy_of(bytes)) : Payload::borrow(bytes);
   };
 
-  Options o;
+  Options o = role_options(a);
   o.endpoint = a.endpoint;
-  o.workers = a.workers;
-  o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
   if (a.transport == "tls") {
     o.security.ca = fs::path(a.cert_dir) / "ca.pem";
     o.security.server_name = "localhost";
@@ -516,6 +523,11 @@ int comm_client_role(const CommRoleArgs& a) {
   Communicator client = ferry::open(Purpose::client, std::move(o));
 
   json r{{"role", "client"}};
+  // The transport the client ended up on, and how it runs.
+  for (const PeerStats& p : client.stats().peers) {
+    r["transport"] = p.transport;
+    r["transport_detail"] = p.transport_detail;
+  }
   std::deque<PutHandle> window;
   if (!a.pingpong) {
     const std::size_t max_handles =
@@ -606,6 +618,7 @@ struct CommArgs {
   unsigned workers = 1;
   unsigned receive_spin_us = 0;
   std::string payload = "borrowed";
+  std::string ring_size = "1M";
   std::size_t asio_batch = 1;
   int timeout = 30;
   bool json_out = false;
@@ -623,6 +636,7 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
                                   "--size",      std::to_string(size),
                                   "--workers",   std::to_string(a.workers),
                                   "--receive-spin", std::to_string(a.receive_spin_us),
+                                  "--ring-size", std::to_string(parse_size(a.ring_size)),
                                   "--timeout",   std::to_string(a.timeout)};
   if (a.transport == "tls")
     common.insert(common.end(), {"--cert-dir", cert_dir.string()});
@@ -666,7 +680,48 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
     for (const char* k : {"msgs_per_s", "bytes_per_s", "gbit_per_s", "messages", "seconds"})
       r[k] = s[k];
   }
+  for (const char* k : {"transport", "transport_detail"}) {
+    if (c.contains(k))
+      r[k] = c[k];
+  }
   return r;
+}
+
+// The raw byte ring between two processes (ferry-bench ring / ring-pingpong, this binary), at
+// the Communicator's ring size: what the shm transport is measured against.
+json run_ring(const CommArgs& a, std::size_t size, const Pin& pin) {
+  const std::string pin_arg = pin.a < 0 ? "none" : std::to_string(pin.a) + "," + std::to_string(pin.b);
+  // The Communicator's ring size, or the smallest ring that holds the message whole.
+  std::size_t capacity = parse_size(a.ring_size);
+  while (capacity < 2 * size) capacity *= 2;
+  std::vector<std::string> args;
+  if (a.pingpong) {
+    args = {"ring-pingpong", "--size", std::to_string(size), "--count", std::to_string(a.count),
+            "--wait", a.receive_spin_us > 0 ? "spin" : "block", "--pin", pin_arg, "--hugepages", "--json"};
+  } else {
+    args = {"ring", "--size", std::to_string(size), "--seconds", std::to_string(a.seconds),
+            "--reps", "1", "--capacity", std::to_string(capacity), "--pin", pin_arg,
+            "--hugepages", "--json"};
+  }
+  Process ring({.name = "the raw ring benchmark", .program = self_exe(), .args = args, .cpu = -1});
+  const auto deadline = result_deadline(a);
+  for (;;) {
+    const auto line = ring.read_line(deadline);
+    if (!line)
+      throw std::runtime_error("the raw ring benchmark printed no result");
+    if (!line->empty() && line->front() == '{') {
+      const json j = json::parse(*line);
+      expect_clean_exit(ring);
+      json r{{"capacity", capacity}};
+      for (const char* k : {"p50_ns", "p99_ns", "mean_ns", "msgs_per_s", "bytes_per_s", "page_size"}) {
+        if (j.contains(k))
+          r[k] = j[k];
+      }
+      if (r.contains("bytes_per_s"))
+        r["gbit_per_s"] = r["bytes_per_s"].get<double>() * 8e-9;
+      return r;
+    }
+  }
 }
 
 json run_asio(const CommArgs& a, std::size_t size, const Pin& pin, const fs::path& baseline,
@@ -782,7 +837,8 @@ int comm_main(CommArgs a) {
     for (int rep = 0; rep < a.reps; ++rep) {
       for (std::size_t i = 0; i < impls.size(); ++i) { // alternate run by run
         runs[i].push_back(impls[i] == "ferry" ? run_ferry(a, size, pin, cert_dir)
-                                              : run_asio(a, size, pin, baseline, cert_dir));
+                          : impls[i] == "ring"  ? run_ring(a, size, pin)
+                                                : run_asio(a, size, pin, baseline, cert_dir));
       }
     }
     const auto med = [&](std::size_t i, const char* key) {
@@ -792,10 +848,14 @@ int comm_main(CommArgs a) {
       return median(v);
     };
     const char* key = a.pingpong ? "p50_ns" : "msgs_per_s";
+    // The baseline: plain Asio for tcp/tls, the raw ring for shm.
     double asio_value = 0;
+    std::string baseline_name;
     for (std::size_t i = 0; i < impls.size(); ++i) {
-      if (impls[i] == "asio")
+      if (impls[i] == "asio" || impls[i] == "ring") {
         asio_value = med(i, key);
+        baseline_name = impls[i];
+      }
     }
     for (std::size_t i = 0; i < impls.size(); ++i) {
       const bool ferry_impl = impls[i] == "ferry";
@@ -804,7 +864,8 @@ int comm_main(CommArgs a) {
         json j{{"bench", "comm"},
                {"mode", a.pingpong ? "pingpong" : "stream"},
                {"impl", impls[i]},
-               {"transport", a.transport},
+               {"transport", runs[i].front().value("transport", a.transport)},
+               {"requested_transport", a.transport},
                {"size", size},
                {"reps", a.reps},
                {"pin", pin.a < 0 ? json(nullptr) : json::array({pin.a, pin.b})}};
@@ -823,8 +884,10 @@ int comm_main(CommArgs a) {
           j["workers"] = a.workers;
           j["receive_spin_us"] = a.receive_spin_us;
           if (ratio > 0)
-            j["ratio_to_asio"] = ratio;
-        } else if (!a.pingpong) {
+            j["ratio_to_" + baseline_name] = ratio;
+          if (runs[i].front().contains("transport_detail"))
+            j["transport_detail"] = runs[i].front()["transport_detail"];
+        } else if (!a.pingpong && impls[i] == "asio") {
           j["batch"] = a.asio_batch;
         }
         if (runs[i].front().contains("tls_cipher")) {
@@ -837,13 +900,13 @@ int comm_main(CommArgs a) {
         char note[64] = "";
         if (a.pingpong) {
           if (ratio > 0)
-            std::snprintf(note, sizeof note, "p50 %.2fx asio's", ratio);
+            std::snprintf(note, sizeof note, "p50 %.2fx %s's", ratio, baseline_name.c_str());
           std::printf("%10s %10.1f %10.1f %10.1f  %-6s %s\n",
                       human_bytes(static_cast<double>(size)).c_str(), med(i, "p50_ns") / 1e3,
                       med(i, "p99_ns") / 1e3, med(i, "mean_ns") / 1e3, impls[i].c_str(), note);
         } else {
           if (ratio > 0)
-            std::snprintf(note, sizeof note, "%.1f%% of asio", 100 * ratio);
+            std::snprintf(note, sizeof note, "%.1f%% of %s", 100 * ratio, baseline_name.c_str());
           // (max - min) / median of the runs: how much to trust the median on a shared machine.
           double lo = runs[i].front()["msgs_per_s"].get<double>(), hi = lo;
           for (const json& r : runs[i]) {
@@ -1316,8 +1379,8 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   auto comm = std::make_shared<CommArgs>();
   auto* comm_cmd = app.add_subcommand("comm", "the Communicator over tcp/tls between two "
                                               "processes: streaming or round trips, vs plain Asio");
-  comm_cmd->add_option("--transport", comm->transport, "tcp | tls")
-      ->check(CLI::IsMember({"tcp", "tls"}))
+  comm_cmd->add_option("--transport", comm->transport, "tcp | tls | shm")
+      ->check(CLI::IsMember({"tcp", "tls", "shm"}))
       ->capture_default_str();
   comm_cmd->add_option("--size", comm->sizes, "message size(s), e.g. 64 or 64,1K,64K,2M")
       ->delimiter(',')
@@ -1327,10 +1390,10 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->capture_default_str();
   comm_cmd
       ->add_option("--impl", comm->impls,
-                   "ferry | asio (ferry-asio-baseline, next to this binary); a list runs each, "
-                   "alternating run by run")
+                   "ferry | asio (ferry-asio-baseline, next to this binary) | ring (the raw byte "
+                   "ring, for shm); a list runs each, alternating run by run")
       ->delimiter(',')
-      ->check(CLI::IsMember({"ferry", "asio"}))
+      ->check(CLI::IsMember({"ferry", "asio", "ring"}))
       ->capture_default_str();
   comm_cmd->add_flag("--pingpong", comm->pingpong,
                      "round trips (the server echoes) instead of streaming");
@@ -1368,6 +1431,8 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
                    "a process that makes no progress for this many seconds fails")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  comm_cmd->add_option("--ring-size", comm->ring_size, "shm: bytes of each ring (power of two)")
+      ->capture_default_str();
   comm_cmd->add_flag("--json", comm->json_out, "one JSON object per line (per size and impl)");
 
   auto role = std::make_shared<CommRoleArgs>();
@@ -1382,6 +1447,7 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
     cmd->add_option("--warmup", role->warmup);
     cmd->add_option("--workers", role->workers);
     cmd->add_option("--receive-spin", role->receive_spin_us);
+    cmd->add_option("--ring-size", role->ring_size);
     cmd->add_option("--timeout", role->timeout);
   }
   client_cmd->add_option("--endpoint", role->endpoint)->required();
