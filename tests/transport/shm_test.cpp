@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: Apache-2.0
+// What only the shm transport has: peer credentials, the rendezvous directory and socket,
+// the rings' description in stats(), and bad input written straight into a ring by a client
+// that speaks the handshake but not the framing.
+#include <gtest/gtest.h>
+
+#include <ferry/ferry.hpp>
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "ferry/shm/ring.hpp"
+#include "support/spawn.hpp"
+#include "transport/shm/shm_transport.hpp"
+
+namespace ferry {
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+constexpr auto kWait = 20s;
+
+std::string unique_name(const char* what) {
+  static std::atomic<int> counter{0};
+  return std::string("shmtest-") + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+}
+
+Errc errc_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.errc();
+  }
+  return Errc{};
+}
+
+/// A directory under /tmp removed at the end, with the given mode.
+class TempDir {
+ public:
+  explicit TempDir(unsigned mode = 0700) {
+    std::string tmpl = "/tmp/ferry-shmtest-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp");
+    m_path = tmpl;
+    ::chmod(m_path.c_str(), mode);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(m_path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return m_path; }
+
+ private:
+  fs::path m_path;
+};
+
+Options shm_options(const std::string& name, const fs::path& dir = {}) {
+  Options o;
+  o.endpoint = "shm://" + name;
+  o.shm.directory = dir;
+  return o;
+}
+
+TEST(ShmTransport, StatsNameTheTransportRingAndPageSize) {
+  Options so = shm_options(unique_name("stats"));
+  so.shm.ring_size = 256 << 10;
+  auto server = open(Purpose::server, so);
+  Options co;
+  co.endpoint = server.local_endpoint();
+  auto client = open(Purpose::client, co);
+  client.put(std::string("x")).wait_delivered();
+  const Stats s = server.stats();
+  ASSERT_EQ(s.peers.size(), 1u);
+  EXPECT_EQ(s.peers[0].transport, "shm");
+  EXPECT_NE(s.peers[0].transport_detail.find("ring 256 KiB"), std::string::npos) << s.peers[0].transport_detail;
+  EXPECT_NE(s.peers[0].transport_detail.find("pages"), std::string::npos) << s.peers[0].transport_detail;
+  EXPECT_NE(s.peers[0].remote.find("pid " + std::to_string(::getpid())), std::string::npos) << s.peers[0].remote;
+  // The client maps the rings the server made: it reports the same geometry.
+  EXPECT_EQ(client.stats().peers.at(0).transport_detail.substr(0, 12), "ring 256 KiB");
+}
+
+TEST(ShmTransport, ASecondServerIsRefusedAndAStaleSocketIsReclaimed) {
+  TempDir dir;
+  const std::string name = unique_name("twice");
+  {
+    auto first = open(Purpose::server, shm_options(name, dir.path()));
+    EXPECT_EQ(errc_of([&] { (void)open(Purpose::server, shm_options(name, dir.path())); }), Errc::address_in_use);
+  }
+  // A socket file left by a server that died (bound, never unlinked, nobody listening).
+  const fs::path path = dir.path() / (name + ".sock");
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ::close(fd);
+  ASSERT_TRUE(fs::exists(path));
+  auto server = open(Purpose::server, shm_options(name, dir.path()));
+  Options co = shm_options(name, dir.path());
+  auto client = open(Purpose::client, co);
+  client.put(std::string("after reclaim")).wait_delivered();
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "the socket of a server without allow-lists is owner-only";
+  server.close();
+  EXPECT_FALSE(fs::exists(path)) << "a closed server removes its socket";
+}
+
+TEST(ShmTransport, NoServerIsNotFoundWithThePath) {
+  TempDir dir;
+  Options co = shm_options(unique_name("nobody-home"), dir.path());
+  co.connection.connect_timeout = 200ms;
+  try {
+    (void)open(Purpose::client, co);
+    FAIL() << "connected to nothing";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.errc(), Errc::not_found);
+    EXPECT_NE(std::string(e.what()).find(dir.path().string()), std::string::npos) << e.what();
+  }
+}
+
+TEST(ShmTransport, TheDefaultDirectoryIsOwnerOnlyAndAnUnsafeOneIsRefused) {
+  TempDir runtime;
+  const char* old_xdg = std::getenv("XDG_RUNTIME_DIR");
+  const std::string saved = old_xdg ? old_xdg : "";
+  const char* old_dir = std::getenv("FERRY_SHM_DIR");
+  const std::string saved_dir = old_dir ? old_dir : "";
+  ::unsetenv("FERRY_SHM_DIR");
+  ::setenv("XDG_RUNTIME_DIR", runtime.path().c_str(), 1);
+  const fs::path path = detail::shm_link::rendezvous_path(ShmOptions{}, "x", true);
+  EXPECT_EQ(path, runtime.path() / "ferry" / "x.sock");
+  struct stat st {};
+  ASSERT_EQ(::stat((runtime.path() / "ferry").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  // Writable by others: anyone could put a socket there that clients would trust.
+  ::chmod((runtime.path() / "ferry").c_str(), 0777);
+  EXPECT_EQ(errc_of([] { (void)detail::shm_link::rendezvous_path(ShmOptions{}, "x", true); }), Errc::permission_denied);
+  // Too long for a Unix socket address: refused up front with the reason.
+  ShmOptions deep;
+  deep.directory = "/tmp/" + std::string(100, 'd');
+  EXPECT_EQ(errc_of([&] { (void)detail::shm_link::rendezvous_path(deep, "x", false); }), Errc::invalid_argument);
+  if (old_xdg) {
+    ::setenv("XDG_RUNTIME_DIR", saved.c_str(), 1);
+  } else {
+    ::unsetenv("XDG_RUNTIME_DIR");
+  }
+  if (old_dir) ::setenv("FERRY_SHM_DIR", saved_dir.c_str(), 1);
+}
+
+// --- another user ---
+
+class OtherUser : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another user (CI runs as root)";
+    // The helper, where the other user can run it (the build tree may be closed to it).
+    const fs::path peer = fs::path(test::peer_path()).parent_path() / "ferry_comm_peer";
+    m_peer = m_dir.path() / "ferry_comm_peer";
+    fs::copy_file(peer, m_peer);
+    ::chmod(m_dir.path().c_str(), 0755);
+  }
+  /// ferry_comm_peer as uid/gid 65534 (nobody), connecting to shm://name in our directory.
+  std::vector<std::string> client_as_nobody(const std::string& name) const {
+    return {"/usr/bin/env", "FERRY_SHM_DIR=" + m_dir.path().string(), "/usr/bin/setpriv", "--reuid=65534",
+            "--regid=65534", "--clear-groups", m_peer.string(), "client", "shm://" + name};
+  }
+  TempDir m_dir{0755};
+  fs::path m_peer;
+};
+
+TEST_F(OtherUser, IsRefusedUnlessAllowed) {
+  constexpr int kPermissionDenied = 10 + static_cast<int>(Errc::permission_denied);
+  // Not allowed: the socket is owner-only; the connection itself is refused.
+  {
+    const std::string name = unique_name("closed");
+    auto server = open(Purpose::server, shm_options(name, m_dir.path()));
+    test::Child child(client_as_nobody(name), -1, true);
+    EXPECT_EQ(child.wait(kWait), kPermissionDenied);
+    EXPECT_TRUE(server.peers().empty());
+  }
+  // Another user is allowed, not this one: the socket is open to all, the server's
+  // credential check refuses it.
+  {
+    const std::string name = unique_name("others");
+    Options so = shm_options(name, m_dir.path());
+    so.shm.allow_uids = {12345};
+    auto server = open(Purpose::server, so);
+    test::Child child(client_as_nobody(name), -1, true);
+    EXPECT_EQ(child.wait(kWait), kPermissionDenied);
+    EXPECT_TRUE(server.peers().empty());
+  }
+  // Allowed by uid, and by gid: served.
+  for (const bool by_gid : {false, true}) {
+    const std::string name = unique_name("allowed");
+    Options so = shm_options(name, m_dir.path());
+    (by_gid ? so.shm.allow_gids : so.shm.allow_uids) = {65534};
+    auto server = open(Purpose::server, so);
+    test::Child child(client_as_nobody(name), -1, true);
+    ASSERT_EQ(child.read_line(), "connected");
+    const auto m = server.get_for(kWait);
+    ASSERT_TRUE(m.has_value());
+    const Stats s = server.stats();
+    ASSERT_EQ(s.peers.size(), 1u);
+    EXPECT_NE(s.peers[0].remote.find("uid 65534"), std::string::npos) << s.peers[0].remote;
+    child.kill(SIGKILL);
+    child.wait(5s);
+  }
+}
+
+// --- bad input through the ring ---
+
+/// Connects to an shm server, handshakes by hand and maps the client-to-server ring, to write
+/// what a buggy or hostile client might.
+class RawShmClient {
+ public:
+  explicit RawShmClient(const fs::path& path) : m_fd(::socket(AF_UNIX, SOCK_STREAM, 0)) {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    if (::connect(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect");
+    std::array<std::byte, 64> h{};
+    std::memcpy(h.data(), "FERRY\r\n\x1a", 8);
+    h[8] = std::byte{1};
+    h[10] = std::byte{64};
+    const PeerId id = PeerId::random();
+    std::memcpy(h.data() + 16, id.bytes.data(), 16);
+    h[32] = std::byte{1};
+    h[40] = std::byte{1};
+    h[48 + 3] = std::byte{1};     // max_message 16 MiB
+    h[56 + 2] = std::byte{0x10};  // max_chunk 1 MiB
+    if (::send(m_fd, h.data(), h.size(), MSG_NOSIGNAL) != 64) throw std::runtime_error("send");
+    std::array<std::byte, 64> reply{};
+    iovec iov{reply.data(), reply.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    if (::recvmsg(m_fd, &msg, MSG_CMSG_CLOEXEC) != 64) throw std::runtime_error("recvmsg");
+    const cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    if (c == nullptr || c->cmsg_len != CMSG_LEN(sizeof(int) * 4)) throw std::runtime_error("no descriptors");
+    std::memcpy(m_fds, CMSG_DATA(c), sizeof m_fds);
+    m_segment.emplace(shm::Segment::open_fd(m_fds[0], shm::ByteRing::spec(0)));
+  }
+  ~RawShmClient() {
+    m_producer.reset();
+    m_segment.reset();
+    for (const int fd : m_fds) ::close(fd);
+    ::close(m_fd);
+  }
+  RawShmClient(const RawShmClient&) = delete;
+  RawShmClient& operator=(const RawShmClient&) = delete;
+
+  /// Pushes one record through the ring and wakes the server.
+  void push(std::span<const std::byte> bytes) {
+    if (!m_producer) {
+      m_producer.emplace(*m_segment);
+      m_producer->set_peer_wake_fd(m_fds[2]);
+    }
+    m_producer->push(bytes, 5s);
+  }
+  /// Overwrites the next record's header word in the segment, then publishes a position past
+  /// it: the record format itself is corrupt.
+  void corrupt_record() {
+    auto& ctl = m_segment->control();
+    std::uint64_t bad = 0xdeadbeefcafef00dULL;
+    std::memcpy(m_segment->data(), &bad, sizeof bad);
+    ctl.producer.write_pos.store(64, std::memory_order_seq_cst);  // sync(test): the server reads it
+    const std::uint64_t one = 1;
+    (void)::write(m_fds[2], &one, sizeof one);
+  }
+  /// True when the server closed the socket within 5 s.
+  bool closed_by_server() const {
+    timeval tv{5, 0};
+    ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char b = 0;
+    return ::recv(m_fd, &b, 1, 0) == 0;
+  }
+
+ private:
+  int m_fd;
+  int m_fds[4] = {-1, -1, -1, -1};
+  std::optional<shm::Segment> m_segment;
+  std::optional<shm::ByteRing::Producer> m_producer;
+};
+
+TEST(ShmBadInput, GarbageInTheRingDropsThatClientOnly) {
+  TempDir dir;
+  const std::string name = unique_name("bad");
+  Options so = shm_options(name, dir.path());
+  std::mutex mu;
+  std::vector<std::error_code> why;
+  so.on_disconnect = [&](const PeerId&, std::error_code ec) {
+    const std::lock_guard lock(mu);
+    why.push_back(ec);
+  };
+  auto server = open(Purpose::server, so);
+  auto good = open(Purpose::client, shm_options(name, dir.path()));
+  const fs::path path = dir.path() / (name + ".sock");
+  {
+    // A record that is not a frame: a header with an unknown type.
+    RawShmClient raw(path);
+    std::vector<std::byte> junk(32, std::byte{0x7f});
+    raw.push(junk);
+    EXPECT_TRUE(raw.closed_by_server());
+  }
+  {
+    // A record header that the ring format does not allow.
+    RawShmClient raw(path);
+    raw.corrupt_record();
+    EXPECT_TRUE(raw.closed_by_server());
+  }
+  good.put(std::string("still served")).wait_delivered();
+  const auto m = server.get_for(kWait);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->text(), "still served");
+  const std::lock_guard lock(mu);
+  ASSERT_EQ(why.size(), 2u);
+  for (const auto& ec : why) EXPECT_EQ(ec, make_error_code(Errc::protocol_error));
+}
+
+}  // namespace
+}  // namespace ferry
