@@ -62,7 +62,34 @@ CommunicatorImpl::~CommunicatorImpl() {
   if (m_transport) m_transport->stop();
 }
 
-void CommunicatorImpl::start() { m_transport = make_transport(*this); }
+void CommunicatorImpl::start() {
+  m_transport = make_transport(*this);
+  m_poll_links = m_transport->reads_on_caller();
+}
+
+bool CommunicatorImpl::poll_links(bool last) {
+  // A server polls at most this many peers' links from get(); the others are read by the
+  // transport's threads only (polling hundreds of rings per empty get() costs more than it saves).
+  constexpr std::size_t kMaxPolled = 16;
+  boost::container::small_vector<std::shared_ptr<Link>, 4> links;
+  {
+    const std::lock_guard lock(m_sessions_mutex);
+    if (m_purpose == Purpose::client) {
+      if (m_server) links.push_back(m_server->link());
+    } else {
+      for (const auto& [id, s] : m_sessions) {
+        if (links.size() >= kMaxPolled) break;
+        links.push_back(s->link());
+      }
+    }
+  }
+  bool any = false;
+  for (const auto& l : links) {
+    if (l && l->poll_receive(last)) any = true;
+  }
+  if (any) m_rx_cv.notify_all();  // other threads in get() may take the rest
+  return any;
+}
 
 std::string CommunicatorImpl::local_endpoint() const { return m_transport->local_endpoint(); }
 
@@ -188,17 +215,30 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
   // Options::receive_spin: spin, then sleep. A reply that comes within the spin is taken
   // without a wake-up (a futex call and a context switch on each side of a round trip).
   // The spin counts against the timeout.
+  // Links that read on this thread (shm) are asked first: a message already in the ring then
+  // costs no hand-off to the transport's thread. The spin polls them; one last poll after it
+  // lets them arrange a wake-up before this thread sleeps.
   // relaxed: a hint; the queue is checked again under m_rx_mutex.
-  if (m_get_spin.count() > 0 && m_rx_count.load(std::memory_order_relaxed) == 0 &&
-      timeout > std::chrono::nanoseconds::zero()) {
+  const bool empty = m_rx_count.load(std::memory_order_relaxed) == 0;
+  if (m_get_spin.count() > 0 && empty && timeout > std::chrono::nanoseconds::zero()) {
     const auto until = start + std::min<std::chrono::nanoseconds>(timeout, m_get_spin);
     // relaxed: as above.
     while (m_rx_count.load(std::memory_order_relaxed) == 0 && !closed() && Clock::now() < until) {
-      std::this_thread::yield();  // a sibling hyperthread or a third thread may need the CPU
+      if (!(m_poll_links && poll_links(false))) std::this_thread::yield();  // another thread may need the CPU
     }
+    if (m_poll_links) poll_links(true);
+  } else if (m_poll_links && empty) {
+    poll_links(true);
   }
   std::unique_lock lock(m_rx_mutex);
   const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
+  struct Waiting {  // counted while this thread may sleep (see getters_waiting())
+    std::atomic<unsigned>& n;
+    explicit Waiting(std::atomic<unsigned>& count) : n(count) {
+      n.fetch_add(1, std::memory_order_relaxed);  // relaxed: a hint, see getters_waiting()
+    }
+    ~Waiting() { n.fetch_sub(1, std::memory_order_relaxed); }  // relaxed: as above
+  } waiting{m_getters_waiting};
   if (forever) {
     m_rx_cv.wait(lock, ready);
   } else if (!m_rx_cv.wait_until(lock, start + timeout, ready)) {
@@ -210,6 +250,13 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
 }
 
 std::optional<Message> CommunicatorImpl::try_get() noexcept {
+  // relaxed: a hint, as in get().
+  if (m_poll_links && m_rx_count.load(std::memory_order_relaxed) == 0) {
+    try {
+      poll_links(true);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory for the link list: the transport's threads read
+    }
+  }
   std::unique_lock lock(m_rx_mutex);
   return pop_locked(lock);
 }

@@ -70,6 +70,11 @@ class CommunicatorImpl {
   [[nodiscard]] bool deliver(const std::shared_ptr<Session>& session, Bytes message, bool notify = true);
   /// Wakes get() callers after deliver(..., false).
   void wake_getters();
+  /// Threads sleeping in get() (a transport need not poll for more when one waits).
+  [[nodiscard]] bool getters_waiting() const noexcept {
+    // relaxed: a hint for a transport's spin; no data hangs on it.
+    return m_getters_waiting.load(std::memory_order_relaxed) != 0;
+  }
   /// A frame header this side is configured to accept.
   [[nodiscard]] std::uint32_t max_chunk() const noexcept;
 
@@ -88,6 +93,9 @@ class CommunicatorImpl {
   /// Runs on_connect; an exception from it is swallowed (it must not unwind a transport thread).
   void notify_connect(const PeerId& peer) const noexcept;
   void fill_limits(framing::Hello& hello) const;
+  /// get() found the queue empty: links that read on the caller's thread read now. True if a
+  /// message arrived.
+  bool poll_links(bool last);
 
   const Purpose m_purpose;
   const Options m_options;
@@ -104,6 +112,8 @@ class CommunicatorImpl {
   std::uint64_t m_rx_bytes = 0;
   std::atomic<std::size_t> m_rx_count{0};  // m_rx.size(), readable without the lock
   std::chrono::microseconds m_get_spin{0};  // receive_spin, or 0 when this process has one CPU
+  bool m_poll_links = false;  // the transport's links read on the caller's thread
+  std::atomic<unsigned> m_getters_waiting{0};
   std::error_code m_terminal;  // client: why the session with the server ended
 
   std::condition_variable m_ended_cv;  // with m_sessions_mutex: a session ended

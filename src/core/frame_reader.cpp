@@ -50,6 +50,7 @@ std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::s
         m_round_delivered = true;
         Bytes message = m_reassembler.take();
         m_unwoken_bytes += message.size();
+        ++m_delivered;
         if (!m_owner.deliver(m_session, std::move(message), false)) m_paused = true;
       }
       continue;

@@ -54,6 +54,8 @@ class FrameReader {
   [[nodiscard]] bool round_open() const noexcept { return m_round_progress || m_round_delivered || m_unacked; }
   /// Wakes get() for messages delivered since the last wake-up (the link is going away).
   void wake_pending();
+  /// Messages delivered to the receive queue so far.
+  [[nodiscard]] std::uint64_t delivered() const noexcept { return m_delivered; }
 
  private:
   void wake_getters();
@@ -70,6 +72,7 @@ class FrameReader {
   bool m_round_delivered = false;     // messages went to the receive queue, get() not woken yet
   unsigned m_unwoken_rounds = 0;      // read rounds since get() was last woken
   std::uint64_t m_unwoken_bytes = 0;  // bytes delivered since get() was last woken
+  std::uint64_t m_delivered = 0;
   std::uint64_t m_unacked_bytes = 0;  // payload bytes received since the last ack request
   bool m_unacked = false;             // frames arrived since the last ack request
 };

@@ -20,6 +20,15 @@ class Link {
   virtual void kick() = 0;
   /// The receive queue has room again: continue reading if reading was paused.
   virtual void resume_reading() = 0;
+  /// Reads what has arrived, on the calling thread (a get() that found its queue empty), into
+  /// the receive queue. True if it delivered a message. Must not block; a transport that
+  /// reads only on its own threads returns false (the default). last false: the caller polls
+  /// again at once (get()'s spin), so the transport need not arrange to be woken; every
+  /// series of polls ends with a call with last true.
+  virtual bool poll_receive(bool last) {
+    (void)last;
+    return false;
+  }
   /// Drop the connection (the session ends or resumes elsewhere). Idempotent.
   virtual void shutdown(std::error_code why) = 0;
   /// The transport's name ("tcp", "tls") and the peer's address.
@@ -40,6 +49,9 @@ class Transport {
   /// Stops accepting / reconnecting, drops every link, joins the threads. Idempotent; must
   /// not be called from a transport thread.
   virtual void stop() = 0;
+  /// Its links read on the caller's thread (Link::poll_receive()): get() asks them before
+  /// it sleeps.
+  [[nodiscard]] virtual bool reads_on_caller() const { return false; }
   /// Fault injection for tests: every live link fails as a broken connection would (the
   /// peer sees it drop; sessions detach and resume). Default: nothing to cut.
   virtual void cut_links() {}

@@ -63,6 +63,8 @@ enum FdIndex : std::size_t { kClientToServer, kServerToClient, kServerEvent, kCl
 constexpr std::size_t kMaxRecord = std::size_t{64} << 10;
 /// The reader settles a round (wakes get(), acknowledges) at least every this many records.
 constexpr unsigned kRecordsPerRound = 8;
+/// A get() that reads the ring itself takes at most this many records, then returns.
+constexpr unsigned kPollRecords = 64;
 
 std::error_code ferry_code(Errc e) { return make_error_code(e); }
 
@@ -206,6 +208,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
   void kick() override;
   void resume_reading() override;
+  bool poll_receive(bool last) override;
   void shutdown(std::error_code why) override;
   std::string transport() const override { return "shm"; }
   std::string remote() const override { return m_remote; }
@@ -229,14 +232,28 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void handshake_failed(Failure f);
   void run();
 
-  // Reading.
+  // Reading. The reader role (the consumer end and the frame reader) is held by the strand
+  // or by a thread in get() (poll_receive()), one at a time.
+  enum class Consumed { empty, more, paused, error };
   void arm_event();
   void on_event();
   void arm_socket();
   void on_socket_readable();
+  /// Strand: reads until the ring is empty (spinning a little), then sleeps on the eventfd.
   void read_ring();
+  /// The reader role. claim_reader() on the strand also asks a holder to hand back.
+  bool claim_reader(bool strand) noexcept;
+  /// Gives the role up; posts read_ring() when the strand asked for it meanwhile.
+  void release_reader();
+  /// Role holder: reads up to max_records records (0: no limit). error: e and what set.
+  Consumed consume(unsigned max_records, Errc& e, std::string& what);
   /// The socket reached EOF and the ring is drained.
   void peer_gone();
+  /// Role holder: takes a resume_reading() that came meanwhile.
+  void apply_resume() noexcept;
+  /// The link goes away: get() learns of what was delivered (when no reader in get() holds
+  /// the reader, which does it itself).
+  void wake_pending_getters();
 
   // Writing.
   bool next_batch();
@@ -285,10 +302,17 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   std::optional<ByteRing::Consumer> m_rx;  // the strand's
   std::size_t m_max_record = kMaxRecord;
 
-  // Reader (strand).
+  // Reader (the reader role's holder).
   FrameReader m_reader;
   std::size_t m_record_offset = 0;  // bytes of the peeked record already fed (after a pause)
-  Clock::time_point m_last_rx{};
+  // sync(shm.reader): exchange(true) claims the role, store(false) gives it up (seq_cst: the
+  // store is followed by the load of m_strand_wants_read, as in the writer role's handshake).
+  std::atomic<bool> m_reading{false};
+  std::atomic<bool> m_strand_wants_read{false};  // the strand found the role taken
+  std::atomic<bool> m_poisoned{false};  // a reader in get() met bad input: the strand fails
+  std::atomic<bool> m_resume_pending{false};  // resume_reading() came: the next holder resumes
+  // relaxed everywhere: a time stamp for the keep-alive check, set by whichever thread read.
+  std::atomic<Clock::rep> m_last_rx{0};
 
   // Writer (the role's holder).
   LinkWriter m_writer;
@@ -310,6 +334,7 @@ class ShmTransport final : public AsioTransport {
 
   const ShmOptions& shm() const noexcept { return owner().options().shm; }
   std::chrono::microseconds spin() const noexcept { return m_spin; }
+  bool reads_on_caller() const override { return true; }
   /// Server: whether a client with these credentials may connect; why set when not.
   bool allowed(const ucred& cred, std::string& why) const;
 
@@ -513,9 +538,11 @@ void Connection::handshake_failed(Failure f) {
 
 void Connection::run() {
   m_running = true;
-  m_last_rx = Clock::now();
+  const auto now = Clock::now().time_since_epoch().count();
+  // relaxed: see m_last_rx.
+  m_last_rx.store(now, std::memory_order_relaxed);
   // relaxed: see m_last_tx.
-  m_last_tx.store(m_last_rx.time_since_epoch().count(), std::memory_order_relaxed);
+  m_last_tx.store(now, std::memory_order_relaxed);
   m_tx->set_peer_wake_fd(m_peer_event.get());
   m_rx->set_peer_wake_fd(m_peer_event.get());
   m_max_record = std::min<std::size_t>(kMaxRecord, m_tx->capacity() / 8);
@@ -544,7 +571,6 @@ void Connection::on_event() {
   (void)::eventfd_read(m_event->native_handle(), &value);  // EAGAIN: woken by the other wait
   if (m_write_blocked) continue_write();
   if (m_failed) return;
-  m_rx->end_sleep();
   read_ring();
   if (!m_failed) arm_event();
 }
@@ -566,42 +592,95 @@ void Connection::on_socket_readable() {
   read_ring();
 }
 
+bool Connection::claim_reader(bool strand) noexcept {
+  // sync(shm.reader) seq_cst store: the holder's release() must see it, or our exchange below
+  // sees the role free (store-then-load on both sides).
+  if (strand) m_strand_wants_read.store(true, std::memory_order_seq_cst);
+  // sync(shm.reader) seq_cst exchange: claims the role; the previous holder's writes to the
+  // reader's state happen before (its seq_cst store of false).
+  if (m_reading.exchange(true, std::memory_order_seq_cst)) return false;
+  // relaxed: we hold the role now; a stale true only costs one extra read_ring().
+  if (strand) m_strand_wants_read.store(false, std::memory_order_relaxed);
+  return true;
+}
+
+void Connection::release_reader() {
+  // sync(shm.reader) seq_cst store: partner of the exchange in claim_reader().
+  m_reading.store(false, std::memory_order_seq_cst);
+  // sync(shm.reader) seq_cst exchange: pairs with the store in claim_reader(strand): the
+  // strand wanted to read while we held the role; it reads now.
+  if (m_strand_wants_read.exchange(false, std::memory_order_seq_cst)) {
+    asio::post(m_strand, [self = shared_from_this()] { self->read_ring(); });
+  }
+}
+
+Connection::Consumed Connection::consume(unsigned max_records, Errc& e, std::string& what) {
+  unsigned records = 0;
+  bool got = false;
+  Consumed result = Consumed::empty;
+  for (;;) {
+    if (max_records != 0 && records >= max_records) {
+      result = Consumed::more;
+      break;
+    }
+    std::span<const std::byte> record;
+    const ShmStatus st = m_rx->try_peek(record);
+    if (st == ShmStatus::would_block) break;
+    if (st != ShmStatus::ok) {
+      m_reader.end_round(true, true);
+      e = st == ShmStatus::closed ? Errc::peer_lost : Errc::protocol_error;
+      what = st == ShmStatus::closed ? m_remote + " closed its ring"
+                                     : "from " + m_remote + ": corrupt ring (" + ferry::shm::to_string(st) + ")";
+      return Consumed::error;
+    }
+    got = true;
+    std::string why;
+    m_record_offset += m_reader.feed(record.subspan(m_record_offset), e, why);
+    if (e != Errc{}) {
+      what = "from " + m_remote + ": " + why;
+      return Consumed::error;
+    }
+    if (m_record_offset < record.size()) {  // the receive queue is full: resume_reading() goes on
+      m_rx->flush();
+      m_reader.end_round(false, false);
+      result = Consumed::paused;
+      break;
+    }
+    m_rx->release();
+    m_record_offset = 0;
+    if (++records % kRecordsPerRound == 0) m_reader.end_round(false, true);
+  }
+  // relaxed: see m_last_rx.
+  if (got) m_last_rx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  if (result != Consumed::paused) m_reader.end_round(result == Consumed::empty, true);
+  return result;
+}
+
 void Connection::read_ring() {
-  if (!m_running || m_failed || m_reader.paused()) return;
+  if (!m_running || m_failed) return;
+  if (!claim_reader(true)) return;  // a thread in get() reads; it hands back when done
+  apply_resume();
   const auto spin = m_transport.spin();
   for (;;) {
-    unsigned records = 0;
-    for (;;) {
-      std::span<const std::byte> record;
-      const ShmStatus st = m_rx->try_peek(record);
-      if (st == ShmStatus::would_block) break;
-      if (st == ShmStatus::closed) {
-        m_reader.end_round(true, true);
-        if (m_failed) return;
-        return fail(Errc::peer_lost, m_remote + " closed its ring");
-      }
-      if (st != ShmStatus::ok) {
-        return fail(Errc::protocol_error, "from " + m_remote + ": corrupt ring (" + ferry::shm::to_string(st) + ")");
-      }
-      Errc e{};
-      std::string why;
-      m_record_offset += m_reader.feed(record.subspan(m_record_offset), e, why);
-      if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why);
-      if (m_record_offset < record.size()) {  // the receive queue is full: resume_reading() goes on
-        m_rx->flush();
-        m_reader.end_round(false, false);
-        return;
-      }
-      m_rx->release();
-      m_record_offset = 0;
-      m_last_rx = Clock::now();
-      if (++records % kRecordsPerRound == 0) m_reader.end_round(false, true);
+    if (m_reader.paused()) break;
+    // relaxed: set by a reader in get() before it released the role (ordered by it).
+    if (m_poisoned.load(std::memory_order_relaxed)) break;
+    m_rx->end_sleep();
+    Errc e{};
+    std::string what;
+    const Consumed c = consume(0, e, what);
+    if (c == Consumed::error) {
+      release_reader();
+      return fail(e, what);
     }
-    m_reader.end_round(true, true);
-    if (m_failed) return;
-    if (m_peer_eof) return peer_gone();
-    if (spin.count() > 0) {
-      // Poll a little: a message that follows closely then costs neither side a wake-up.
+    if (c == Consumed::paused || m_failed) break;
+    if (m_peer_eof) {
+      release_reader();
+      return peer_gone();
+    }
+    if (spin.count() > 0 && !m_owner.getters_waiting()) {
+      // Poll a little: a message that follows closely then costs neither side a wake-up. Not
+      // when get() waits: it should run now, and it reads the ring itself when it does.
       const auto until = Clock::now() + spin;
       bool more = false;
       for (unsigned i = 0; !more; ++i) {
@@ -613,8 +692,45 @@ void Connection::read_ring() {
       if (more) continue;
     }
     if (!m_rx->announce_sleep()) continue;
-    return;  // on_event() resumes
+    break;  // on_event() resumes
   }
+  release_reader();
+}
+
+bool Connection::poll_receive(bool last) {
+  // sync(shm.open) acquire: pairs with the release in run(); the rings are set up.
+  // relaxed: m_poisoned, see read_ring().
+  if (!m_open.load(std::memory_order_acquire) || m_poisoned.load(std::memory_order_relaxed)) return false;
+  if (!claim_reader(false)) return false;
+  apply_resume();
+  const std::uint64_t before = m_reader.delivered();
+  if (!m_reader.paused()) {
+    m_rx->end_sleep();
+    Errc e{};
+    std::string what;
+    switch (consume(kPollRecords, e, what)) {
+      case Consumed::error:
+        // relaxed: published by release_reader()'s seq_cst store.
+        m_poisoned.store(true, std::memory_order_relaxed);
+        asio::post(m_strand, [self = shared_from_this(), e, what] { self->fail(e, what); });
+        break;
+      case Consumed::more:
+        // Not ours to drain: get() returns what it has, the strand reads on.
+        // relaxed: read by release_reader() below, on this thread.
+        if (last) m_strand_wants_read.store(true, std::memory_order_relaxed);
+        break;
+      case Consumed::empty:
+        // Polled again at once unless last: no wake-up needed until then.
+        // relaxed: as above.
+        if (last && !m_rx->announce_sleep()) m_strand_wants_read.store(true, std::memory_order_relaxed);
+        break;
+      case Consumed::paused:
+        break;  // resume_reading() posts read_ring()
+    }
+  }
+  const bool got = m_reader.delivered() != before;
+  release_reader();
+  return got;
 }
 
 void Connection::peer_gone() {
@@ -630,12 +746,21 @@ void Connection::peer_gone() {
 }
 
 void Connection::resume_reading() {
-  asio::post(m_strand, [self = shared_from_this()] {
-    if (!self->m_reader.paused() || self->m_failed) return;
-    self->m_reader.resume();
-    self->m_last_rx = Clock::now();
-    self->read_ring();
-  });
+  // sync(shm.resume) release: pairs with the acquire exchange in apply_resume().
+  m_resume_pending.store(true, std::memory_order_release);
+  asio::post(m_strand, [self = shared_from_this()] { self->read_ring(); });
+}
+
+void Connection::apply_resume() noexcept {
+  // sync(shm.resume) acquire: pairs with the release store in resume_reading().
+  if (m_resume_pending.exchange(false, std::memory_order_acquire) && m_reader.paused()) m_reader.resume();
+}
+
+void Connection::wake_pending_getters() {
+  // A reader in get() holds the reader: it wakes them itself at the end of its round.
+  if (!claim_reader(false)) return;
+  m_reader.wake_pending();
+  release_reader();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -782,7 +907,14 @@ void Connection::on_tick() {
   if (m_failed) return;
   const auto now = Clock::now();
   const auto& c = m_transport.conn();
-  if (!m_reader.paused() && now - m_last_rx >= c.keepalive_timeout) {
+  // relaxed: see m_last_rx.
+  const Clock::time_point last_rx{Clock::duration(m_last_rx.load(std::memory_order_relaxed))};
+  bool reading = true;  // a paused reader, or one in get() right now, is not a silent peer
+  if (now - last_rx >= c.keepalive_timeout && claim_reader(false)) {
+    reading = m_reader.paused();
+    release_reader();
+  }
+  if (!reading) {
     return fail(Errc::peer_lost, "no frame from " + m_remote + " for " + std::to_string(c.keepalive_timeout.count()) + " ms");
   }
   // relaxed: see m_last_tx.
@@ -801,7 +933,7 @@ void Connection::fail(Errc errc, const std::string& what) {
   if (m_failed) return;
   if (!m_running) return handshake_failed({errc, what});
   m_failed = true;
-  m_reader.wake_pending();
+  wake_pending_getters();
   drop_blocked_write();
   close_all();
   const bool peer_dead = m_role == Role::client && m_peer_eof && m_peer_identity != 0 &&
@@ -813,7 +945,7 @@ void Connection::fail(Errc errc, const std::string& what) {
 void Connection::shutdown(std::error_code why) {
   asio::post(m_strand, [self = shared_from_this(), why] {
     if (self->m_failed) return;
-    self->m_reader.wake_pending();
+    self->wake_pending_getters();
     // Everything written is in the ring, which the peer keeps mapped: nothing to drain.
     self->m_failed = true;
     self->drop_blocked_write();
