@@ -2,6 +2,7 @@
 // Encoding and validation of the hello and the frame header (see frame.hpp for the layout).
 #include "framing/frame.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 namespace ferry::framing {
@@ -62,7 +63,7 @@ Errc decode_hello(std::span<const std::byte, kHelloSize> in, Hello& h, std::stri
   h.max_message = get_le<std::uint64_t>(p + 48);
   h.max_chunk = get_le<std::uint32_t>(p + 56);
   h.status = get_le<std::uint32_t>(p + 60);
-  if ((h.flags & ~kHelloResume) != 0) {
+  if ((h.flags & ~(kHelloResume | kHelloProbe)) != 0) {
     why = "unknown handshake flags";
     return Errc::protocol_error;
   }
@@ -152,6 +153,50 @@ Errc decode_header(std::span<const std::byte, kHeaderSize> in, std::uint32_t max
   if (f.length != 0) {
     why = "control frame with a payload";
     return Errc::protocol_error;
+  }
+  return Errc{};
+}
+
+namespace {
+constexpr std::array<char, 8> kLocalityMagic = {'F', 'E', 'R', 'R', 'Y', 'L', 'O', 'C'};
+}  // namespace
+
+void encode_locality(const Locality& l, std::span<std::byte, kLocalitySize> out) noexcept {
+  std::memset(out.data(), 0, out.size());
+  std::byte* p = out.data();
+  std::memcpy(p, kLocalityMagic.data(), kLocalityMagic.size());
+  std::memcpy(p + 8, l.boot_id.data(), 16);
+  put_le<std::uint64_t>(p + 24, l.ipc_namespace);
+  put_le<std::uint32_t>(p + 32, l.uid);
+  const std::size_t n = std::min(l.shm_path.size(), kMaxLocalityPath);
+  put_le<std::uint16_t>(p + 36, static_cast<std::uint16_t>(n));
+  std::memcpy(p + 40, l.shm_path.data(), n);
+}
+
+Errc decode_locality(std::span<const std::byte, kLocalitySize> in, Locality& out, std::string& why) {
+  const std::byte* p = in.data();
+  if (std::memcmp(p, kLocalityMagic.data(), kLocalityMagic.size()) != 0) {
+    why = "bad magic in the locality block";
+    return Errc::protocol_error;
+  }
+  std::memcpy(out.boot_id.data(), p + 8, 16);
+  out.ipc_namespace = get_le<std::uint64_t>(p + 24);
+  out.uid = get_le<std::uint32_t>(p + 32);
+  const std::size_t n = get_le<std::uint16_t>(p + 36);
+  if (n > kMaxLocalityPath || get_le<std::uint16_t>(p + 38) != 0) {
+    why = "bad path length in the locality block";
+    return Errc::protocol_error;
+  }
+  out.shm_path.assign(reinterpret_cast<const char*>(p + 40), n);
+  if (out.shm_path.find('\0') != std::string::npos || (n > 0 && out.shm_path.front() != '/')) {
+    why = "bad path in the locality block";
+    return Errc::protocol_error;
+  }
+  for (std::size_t i = 40 + n; i < kLocalitySize; ++i) {
+    if (p[i] != std::byte{0}) {
+      why = "non-zero padding in the locality block";
+      return Errc::protocol_error;
+    }
   }
   return Errc{};
 }

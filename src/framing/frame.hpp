@@ -17,7 +17,18 @@
 //   first_unacked: the lowest message id this side will (re)send; max_message / max_chunk: the
 //   largest message and chunk this side accepts; status: 0, or the Errc with which the server
 //   refuses the client (the connection then closes). flags: kHelloResume (client: resume my
-//   session if you have it; server: resumed).
+//   session if you have it; server: resumed), kHelloProbe (auto:// client: only tell me where
+//   you are; the server replies with its hello and a Locality block, then closes, and no
+//   session is made).
+//
+// Locality (exactly kLocalitySize bytes, after the hello of a probe's reply):
+//
+//   0          8              24            32      36      38    40                      148   160
+//   +----------+--------------+-------------+-------+-------+-----+-----------------------+-----+
+//   | "FERRYLOC"| boot id      | IPC ns inode| uid   | path  | zero| rendezvous socket path| zero|
+//   | 8 B      | 16 B         | u64         | u32   | u16   | u16 | 108 B, NUL-padded     |     |
+//   +----------+--------------+-------------+-------+-------+-----+-----------------------+-----+
+//   path: the length of the server's shm rendezvous socket path; 0 when it offers none.
 //
 // Frame header (kHeaderSize bytes), followed by `length` payload bytes:
 //
@@ -50,6 +61,9 @@ inline constexpr std::uint16_t kProtocolVersion = 1;
 inline constexpr std::size_t kHelloSize = 64;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::uint32_t kHelloResume = 1u << 0;
+inline constexpr std::uint32_t kHelloProbe = 1u << 1;
+inline constexpr std::size_t kLocalitySize = 160;
+inline constexpr std::size_t kMaxLocalityPath = 107;  // a Unix socket path (sun_path less its NUL)
 /// The largest chunk any side may announce (the length field is 32-bit).
 inline constexpr std::uint64_t kMaxChunk = std::uint64_t{1} << 30;
 
@@ -63,6 +77,18 @@ struct Hello {
   std::uint32_t max_chunk = 0;
   std::uint32_t status = 0;
 };
+
+/// Where a server runs, as an auto:// client compares it with where it runs itself.
+struct Locality {
+  std::array<std::uint8_t, 16> boot_id{};  // /proc/sys/kernel/random/boot_id
+  std::uint64_t ipc_namespace = 0;         // inode of /proc/self/ns/ipc
+  std::uint32_t uid = 0;
+  std::string shm_path;                    // rendezvous socket, "" if none
+};
+
+void encode_locality(const Locality& l, std::span<std::byte, kLocalitySize> out) noexcept;
+/// Decodes and validates a server's locality block (path length, NUL bytes, zero fields).
+[[nodiscard]] Errc decode_locality(std::span<const std::byte, kLocalitySize> in, Locality& out, std::string& why);
 
 enum class FrameType : std::uint8_t { data = 1, ack = 2, keepalive = 3, close = 4 };
 

@@ -2,6 +2,11 @@
 // AsioTransport: event loop, connection set, connecting, reconnecting, stop. Layer: src/transport.
 #include "transport/asio_transport.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
 #include <future>
 
 namespace ferry::detail {
@@ -42,6 +47,35 @@ std::string AsioTransport::refusal(const framing::Hello& reply) const {
   return make_error_code(e).message();
 }
 
+framing::Locality local_locality() {
+  framing::Locality l;
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string text;
+  if (f >> text) {
+    try {
+      const PeerId id = PeerId::parse(text);  // the boot id is a UUID in text form
+      std::memcpy(l.boot_id.data(), id.bytes.data(), 16);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): unreadable: zero, which matches no server
+    }
+  }
+  struct stat st {};
+  if (::stat("/proc/self/ns/ipc", &st) == 0) l.ipc_namespace = st.st_ino;
+  l.uid = ::geteuid();
+  return l;
+}
+
+void AsioTransport::advertise_shm(std::string path) {
+  const std::lock_guard lock(m_advertise_mutex);
+  m_advertised_shm = std::move(path);
+}
+
+framing::Locality AsioTransport::locality() const {
+  framing::Locality l = local_locality();
+  const std::lock_guard lock(m_advertise_mutex);
+  l.shm_path = m_advertised_shm;
+  return l;
+}
+
 void AsioTransport::link_opened(const std::shared_ptr<AsioLink>& link) {
   const std::lock_guard lock(m_links_mutex);
   m_links.insert(link);
@@ -59,7 +93,7 @@ void AsioTransport::connect_first() {
     // Refused or reset while the server starts: retry until the deadline; anything the server
     // said on purpose is final.
     const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out;
-    if (!retry || Clock::now() + delay >= deadline) throw Error(f->errc, f->what);
+    if (!retry || !m_retry_connect || Clock::now() + delay >= deadline) throw Error(f->errc, f->what);
     std::this_thread::sleep_for(delay);
     delay = std::min(delay * 2, std::chrono::milliseconds(500));
   }

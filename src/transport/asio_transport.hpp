@@ -22,6 +22,9 @@
 
 namespace ferry::detail {
 
+/// This process's locality (no shm path). Fields that cannot be read are zero.
+framing::Locality local_locality();
+
 /// Why a connection attempt or a live connection failed, as a ferry code with its context.
 struct Failure {
   Errc errc = Errc::peer_lost;
@@ -65,6 +68,14 @@ class AsioTransport : public Transport {
   /// The reason a server gave in its refusing hello, for the client's error.
   std::string refusal(const framing::Hello& reply) const;
 
+  /// auto:// server: the shm rendezvous socket that probes are told about ("" until set).
+  void advertise_shm(std::string path);
+  /// What a probe's reply says about this server: where it runs and its shm socket.
+  framing::Locality locality() const;
+  /// auto://: why this transport carries the session (prefixed to each link's detail()).
+  void set_route(std::string route) { m_route = std::move(route); }
+  const std::string& route() const noexcept { return m_route; }
+
  protected:
   /// Starts the I/O threads (after the derived class listens or resolves).
   void start_threads();
@@ -77,8 +88,14 @@ class AsioTransport : public Transport {
   virtual void stop_accepting() {}
 
   std::string m_local;
+  /// connect_first(): retry what may pass until connect_timeout (false: one attempt, for
+  /// auto:// trying shared memory before it settles on TCP).
+  bool m_retry_connect = true;
 
  private:
+  std::string m_route;
+  mutable std::mutex m_advertise_mutex;
+  std::string m_advertised_shm;
   void reconnect_later(std::chrono::milliseconds delay);
   /// One I/O thread. A handler that throws (std::bad_alloc, a throwing user callback) must not
   /// end the process: the loop goes on; the failing handler's connection times out on its own.

@@ -218,6 +218,134 @@ TEST_F(OtherUser, IsRefusedUnlessAllowed) {
   }
 }
 
+TEST_F(OtherUser, AnAutoClientThatMayNotUseSharedMemoryIsServedOverTcp) {
+  // The server's rendezvous directory is its own (0700): shared memory fails for nobody, who
+  // falls back to TCP, which serves any user.
+  Options so;
+  so.endpoint = "auto://127.0.0.1:0";
+  auto server = open(Purpose::server, so);
+  const std::vector<std::string> args{"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                      m_peer.string(), "client", server.local_endpoint()};
+  test::Child child(args, -1, true);
+  ASSERT_EQ(child.read_line(), "connected");
+  ASSERT_TRUE(server.get_for(kWait).has_value());
+  const Stats s = server.stats();
+  ASSERT_EQ(s.peers.size(), 1u);
+  EXPECT_EQ(s.peers[0].transport, "tcp");
+  child.kill(SIGKILL);
+  child.wait(5s);
+}
+
+// --- auto:// ---
+
+TEST(Auto, ALocalClientUsesSharedMemoryAndSaysWhy) {
+  Options so;
+  so.endpoint = "auto://127.0.0.1:0";
+  auto server = open(Purpose::server, so);
+  EXPECT_EQ(server.local_endpoint().rfind("auto://127.0.0.1:", 0), 0u) << server.local_endpoint();
+  Options co;
+  co.endpoint = server.local_endpoint();
+  auto client = open(Purpose::client, co);
+  client.put(std::string("local")).wait_delivered();
+  const Stats c = client.stats();
+  ASSERT_EQ(c.peers.size(), 1u);
+  EXPECT_EQ(c.peers[0].transport, "shm");
+  EXPECT_NE(c.peers[0].transport_detail.find("same host"), std::string::npos) << c.peers[0].transport_detail;
+  EXPECT_EQ(server.stats().transport_of(client.id()), "shm");
+  // A tcp:// client of the same server is served over TCP, side by side.
+  Options tco;
+  tco.endpoint = "tcp://127.0.0.1:" + std::to_string(Endpoint::parse(server.local_endpoint()).port);
+  auto tcp_client = open(Purpose::client, tco);
+  tcp_client.put(std::string("remote")).wait_delivered();
+  EXPECT_EQ(server.stats().transport_of(tcp_client.id()), "tcp");
+  // Broadcast reaches both, whatever their transport.
+  ASSERT_TRUE(server.put(std::string("all")).wait_delivered_for(kWait));
+  EXPECT_EQ(client.get_for(kWait)->text(), "all");
+  EXPECT_EQ(tcp_client.get_for(kWait)->text(), "all");
+}
+
+TEST(Auto, AClientOfAPlainTcpServerStaysOnTcpAndSaysWhy) {
+  Options so;
+  so.endpoint = "tcp://127.0.0.1:0";
+  auto server = open(Purpose::server, so);
+  Options co;
+  co.endpoint = "auto://127.0.0.1:" + std::to_string(Endpoint::parse(server.local_endpoint()).port);
+  auto client = open(Purpose::client, co);
+  client.put(std::string("x")).wait_delivered();
+  const Stats c = client.stats();
+  ASSERT_EQ(c.peers.size(), 1u);
+  EXPECT_EQ(c.peers[0].transport, "tcp");
+  EXPECT_NE(c.peers[0].transport_detail.find("offers no shared memory"), std::string::npos) << c.peers[0].transport_detail;
+}
+
+/// A network namespace joined to this one by a veth pair (root only): a second "host" for the
+/// network, with its own IPC namespace for the processes started in it.
+class OtherNamespace : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root for ip netns (CI runs as root)";
+    if (::access("/usr/sbin/ip", X_OK) != 0) GTEST_SKIP() << "iproute2 is not installed (scripts/setup.sh installs it)";
+    const std::string id = std::to_string(::getpid() % 100000);
+    m_ns = "ferry-t" + id;
+    m_host_if = "fa" + id;
+    m_ns_if = "fb" + id;
+    const unsigned octet = 1 + static_cast<unsigned>(::getpid()) % 250;
+    m_host_ip = "10.213." + std::to_string(octet) + ".1";
+    m_ns_ip = "10.213." + std::to_string(octet) + ".2";
+    for (const std::string& cmd :
+         {"ip netns add " + m_ns, "ip link add " + m_host_if + " type veth peer name " + m_ns_if,
+          "ip link set " + m_ns_if + " netns " + m_ns, "ip addr add " + m_host_ip + "/24 dev " + m_host_if,
+          "ip link set " + m_host_if + " up", "ip netns exec " + m_ns + " ip addr add " + m_ns_ip + "/24 dev " + m_ns_if,
+          "ip netns exec " + m_ns + " ip link set " + m_ns_if + " up", "ip netns exec " + m_ns + " ip link set lo up"}) {
+      ASSERT_EQ(std::system((cmd + " 2>&1").c_str()), 0) << cmd;
+    }
+    m_made = true;
+  }
+  void TearDown() override {
+    if (!m_made) return;
+    (void)std::system(("ip link del " + m_host_if + " 2>/dev/null").c_str());
+    (void)std::system(("ip netns del " + m_ns + " 2>/dev/null").c_str());
+  }
+  std::string m_ns, m_host_if, m_ns_if, m_host_ip, m_ns_ip;
+  bool m_made = false;
+};
+
+TEST_F(OtherNamespace, ItsClientIsServedOverTcpWhileALocalOneUsesSharedMemory) {
+  Options so;
+  so.endpoint = "auto://" + m_host_ip + ":0";
+  auto server = open(Purpose::server, so);
+  const std::string url = server.local_endpoint();
+  Options co;
+  co.endpoint = url;
+  auto local = open(Purpose::client, co);
+  local.put(std::string("from here")).wait_delivered();
+  const std::string peer = (fs::path(test::peer_path()).parent_path() / "ferry_comm_peer").string();
+  // As in a container: another network namespace and another IPC namespace. (In this IPC
+  // namespace the client would use shared memory: the rendezvous socket is a file, reachable
+  // from any network namespace.)
+  test::Child child({"/usr/sbin/ip", "netns", "exec", m_ns, "/usr/bin/unshare", "--ipc", peer, "client", url}, -1, true);
+  ASSERT_EQ(child.read_line(), "connected");
+  bool remote_seen = false;
+  for (int i = 0; i < 100 && !remote_seen; ++i) {
+    const auto m = server.get_for(kWait);
+    ASSERT_TRUE(m.has_value());
+    remote_seen = m->peer != local.id();
+  }
+  ASSERT_TRUE(remote_seen);
+  const Stats s = server.stats();
+  ASSERT_EQ(s.peers.size(), 2u);
+  for (const PeerStats& p : s.peers) {
+    if (p.id == local.id()) {
+      EXPECT_EQ(p.transport, "shm");
+    } else {
+      EXPECT_EQ(p.transport, "tcp");
+      EXPECT_EQ(p.remote.rfind(m_ns_ip + ":", 0), 0u) << p.remote;
+    }
+  }
+  child.kill(SIGKILL);
+  child.wait(5s);
+}
+
 // --- bad input through the ring ---
 
 /// Connects to an shm server, handshakes by hand and maps the client-to-server ring, to write

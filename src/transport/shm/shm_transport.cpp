@@ -212,7 +212,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void shutdown(std::error_code why) override;
   std::string transport() const override { return "shm"; }
   std::string remote() const override { return m_remote; }
-  std::string detail() const override { return m_detail; }
+  std::string detail() const override;
   void abort() override;
   void cut() override {
     asio::post(m_strand, [self = shared_from_this()] {
@@ -329,7 +329,12 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
 class ShmTransport final : public AsioTransport {
  public:
-  explicit ShmTransport(CommunicatorImpl& owner);
+  /// path: the rendezvous socket (auto://: the one the server advertised); empty: derived
+  /// from endpoint's name and the options.
+  ShmTransport(CommunicatorImpl& owner, const Endpoint& endpoint, std::filesystem::path path, std::string route,
+               bool retry_connect);
+  const Endpoint& endpoint() const noexcept { return m_endpoint; }
+  const std::filesystem::path& path() const noexcept { return m_path; }
   ~ShmTransport() override { stop(); }
 
   const ShmOptions& shm() const noexcept { return owner().options().shm; }
@@ -353,6 +358,8 @@ class ShmTransport final : public AsioTransport {
 
 // ---------------------------------------------------------------------------------------------
 // Connection: handshake
+
+std::string Connection::detail() const { return m_transport.route() + m_detail; }
 
 Connection::Connection(ShmTransport& transport, Role role)
     : m_transport(transport),
@@ -379,7 +386,7 @@ void Connection::start(Done done) {
     }
   });
   if (m_role == Role::server) return server_start();
-  m_remote = m_owner.endpoint().to_string();
+  m_remote = m_transport.endpoint().to_string();
   ucred cred{};
   socklen_t len = sizeof cred;
   if (::getsockopt(m_socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0) {
@@ -977,12 +984,16 @@ void Connection::close_all() {
 // ---------------------------------------------------------------------------------------------
 // ShmTransport
 
-ShmTransport::ShmTransport(CommunicatorImpl& owner) : AsioTransport(owner), m_endpoint(owner.endpoint()) {
+ShmTransport::ShmTransport(CommunicatorImpl& owner, const Endpoint& endpoint, std::filesystem::path path, std::string route,
+                           bool retry_connect)
+    : AsioTransport(owner), m_endpoint(endpoint), m_path(std::move(path)) {
+  set_route(std::move(route));
+  m_retry_connect = retry_connect;
   cpu_set_t cpus;
   CPU_ZERO(&cpus);
   const bool several_cpus = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) >= 2;
   m_spin = several_cpus ? shm().spin : std::chrono::microseconds::zero();
-  m_path = rendezvous_path(shm(), m_endpoint.path, owner.purpose() == Purpose::server);
+  if (m_path.empty()) m_path = rendezvous_path(shm(), m_endpoint.path, owner.purpose() == Purpose::server);
   m_local = m_endpoint.to_string();
   if (owner.purpose() == Purpose::server) {
     listen();
@@ -1133,6 +1144,13 @@ std::filesystem::path rendezvous_path(const ShmOptions& options, std::string_vie
   return path;
 }
 
-std::unique_ptr<Transport> make_transport(CommunicatorImpl& owner) { return std::make_unique<ShmTransport>(owner); }
+std::unique_ptr<AsioTransport> make_transport(CommunicatorImpl& owner, const Endpoint& endpoint, std::filesystem::path path,
+                                              std::string route, bool retry_connect) {
+  return std::make_unique<ShmTransport>(owner, endpoint, std::move(path), std::move(route), retry_connect);
+}
+
+std::filesystem::path listening_path(const Transport& transport) {
+  return static_cast<const ShmTransport&>(transport).path();
+}
 
 }  // namespace ferry::detail::shm_link

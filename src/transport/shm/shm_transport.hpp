@@ -7,12 +7,20 @@
 #include <string_view>
 
 #include "core/communicator_impl.hpp"
+#include "transport/asio_transport.hpp"
 
 namespace ferry::detail::shm_link {
 
 /// A server listens on its rendezvous socket (before returning); a client connects, receives
 /// its rings and handshakes (before returning, or throws ferry::Error).
-std::unique_ptr<Transport> make_transport(CommunicatorImpl& owner);
+/// endpoint: shm://name (auto:// servers use a derived name); path: the rendezvous socket,
+/// empty to derive it from the name (rendezvous_path()); route: as for tcp::make_transport;
+/// retry_connect false: a client tries once (auto:// falls back to TCP instead of waiting).
+std::unique_ptr<AsioTransport> make_transport(CommunicatorImpl& owner, const Endpoint& endpoint,
+                                              std::filesystem::path path = {}, std::string route = {},
+                                              bool retry_connect = true);
+/// The rendezvous socket a transport made by make_transport() uses.
+std::filesystem::path listening_path(const Transport& transport);
 
 /// The rendezvous socket of shm://name under these options (see ShmOptions::directory).
 /// create: make the default directory (owner-only) when it is missing. Throws ferry::Error

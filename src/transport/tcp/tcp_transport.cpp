@@ -140,6 +140,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void shutdown(std::error_code why) override;
   std::string transport() const override { return m_stream.tls() ? "tls" : "tcp"; }
   std::string remote() const override { return m_remote; }
+  std::string detail() const override;
   void abort() override;
   void cut() override {
     asio::post(m_strand, [self = shared_from_this()] {
@@ -196,6 +197,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   // Handshake.
   std::array<std::byte, framing::kHelloSize> m_hello_out{};
   std::array<std::byte, framing::kHelloSize> m_hello_in{};
+  std::array<std::byte, framing::kLocalitySize> m_locality_out{};
 
   // Reader.
   std::vector<std::byte> m_rbuf;
@@ -220,7 +222,8 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
 class TcpTransport final : public AsioTransport {
  public:
-  explicit TcpTransport(CommunicatorImpl& owner);
+  TcpTransport(CommunicatorImpl& owner, const Endpoint& endpoint, std::string route);
+  const Endpoint& endpoint() const noexcept { return m_endpoint; }
   ~TcpTransport() override { stop(); }
 
   ssl::context* tls() noexcept { return m_tls ? &*m_tls : nullptr; }
@@ -241,6 +244,8 @@ class TcpTransport final : public AsioTransport {
 
 // ---------------------------------------------------------------------------------------------
 // Connection
+
+std::string Connection::detail() const { return m_transport.route(); }
 
 Connection::Connection(TcpTransport& transport, Role role)
     : m_transport(transport),
@@ -288,7 +293,7 @@ void Connection::tls_handshake() {
   auto& s = m_stream.tls_stream();
   if (m_role == Role::client) {
     const SecurityOptions& sec = m_owner.options().security;
-    const std::string name = sec.server_name.empty() ? m_owner.endpoint().host : sec.server_name;
+    const std::string name = sec.server_name.empty() ? m_transport.endpoint().host : sec.server_name;
     error_code ec;
     asio::ip::make_address(name, ec);
     if (ec) SSL_set_tlsext_host_name(s.native_handle(), name.c_str());  // SNI for names only
@@ -348,6 +353,21 @@ void Connection::read_hello() {
 void Connection::on_hello(const framing::Hello& hello) {
   std::string why;
   std::uint64_t next_expected = 1;
+  if (m_role == Role::server && (hello.flags & framing::kHelloProbe) != 0) {
+    // An auto:// client asks where we run: our hello and locality, then close; no session.
+    framing::Hello reply;
+    reply.id = m_owner.options().id;
+    reply.max_chunk = m_owner.max_chunk();
+    reply.max_message = m_owner.options().connection.message_size;
+    reply.flags = framing::kHelloProbe;
+    framing::encode_hello(reply, m_hello_out);
+    framing::encode_locality(m_transport.locality(), m_locality_out);
+    const std::array<asio::const_buffer, 2> out{asio::buffer(m_hello_out), asio::buffer(m_locality_out)};
+    m_stream.async_write_all(out, [self = shared_from_this()](const error_code&, std::size_t) {
+      self->handshake_failed({Errc::closed, "probe answered"});  // closes the connection
+    });
+    return;
+  }
   if (m_role == Role::server) {
     framing::Hello reply;
     const Errc e = m_owner.accept_client(hello, shared_from_this(), reply, m_session, next_expected, why);
@@ -657,7 +677,9 @@ void Connection::close_socket() {
 // ---------------------------------------------------------------------------------------------
 // TcpTransport
 
-TcpTransport::TcpTransport(CommunicatorImpl& owner) : AsioTransport(owner), m_endpoint(owner.endpoint()) {
+TcpTransport::TcpTransport(CommunicatorImpl& owner, const Endpoint& endpoint, std::string route)
+    : AsioTransport(owner), m_endpoint(endpoint) {
+  set_route(std::move(route));
   if (m_endpoint.scheme == Scheme::tls) setup_tls();
   if (owner.purpose() == Purpose::server) {
     listen();
@@ -799,8 +821,56 @@ void TcpTransport::resolve() {
 
 }  // namespace
 
-std::unique_ptr<Transport> make_transport(CommunicatorImpl& owner) {
-  return std::make_unique<TcpTransport>(owner);
+std::unique_ptr<AsioTransport> make_transport(CommunicatorImpl& owner, const Endpoint& endpoint, std::string route) {
+  return std::make_unique<TcpTransport>(owner, endpoint, std::move(route));
+}
+
+std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endpoint& endpoint, std::string& why) {
+  asio::io_context io;
+  tcp::resolver resolver(io);
+  error_code ec;
+  const auto resolved = resolver.resolve(endpoint.host, std::to_string(endpoint.port), ec);
+  if (ec || resolved.empty()) {
+    why = "cannot resolve " + endpoint.host + ": " + ec.message();
+    return std::nullopt;
+  }
+  tcp::socket socket(io);
+  framing::Hello hello;
+  hello.id = owner.options().id;
+  hello.max_chunk = owner.max_chunk();
+  hello.max_message = owner.options().connection.message_size;
+  hello.flags = framing::kHelloProbe;
+  std::array<std::byte, framing::kHelloSize> out{};
+  framing::encode_hello(hello, out);
+  std::array<std::byte, framing::kHelloSize + framing::kLocalitySize> in{};
+  error_code result = asio::error::timed_out;
+  std::string step = "connect";
+  asio::async_connect(socket, resolved, [&](const error_code& e, const tcp::endpoint&) {
+    if (e) return void(result = e);
+    socket.set_option(tcp::no_delay(true), result);
+    step = "handshake";
+    asio::async_write(socket, asio::buffer(out), [&](const error_code& w, std::size_t) {
+      if (w) return void(result = w);
+      asio::async_read(socket, asio::buffer(in), [&](const error_code& r, std::size_t) { result = r; });
+    });
+  });
+  io.run_for(owner.options().connection.connect_timeout);
+  if (result) {
+    why = step + " (probe) to " + endpoint.host + ":" + std::to_string(endpoint.port) + ": " + result.message();
+    return std::nullopt;
+  }
+  framing::Hello reply;
+  Errc e = framing::decode_hello(std::span<const std::byte, framing::kHelloSize>(in.data(), framing::kHelloSize), reply, why);
+  if (e != Errc{}) return std::nullopt;
+  if ((reply.flags & framing::kHelloProbe) == 0 || reply.status != 0) {
+    why = "the server did not answer the locality probe";
+    return std::nullopt;
+  }
+  framing::Locality locality;
+  e = framing::decode_locality(std::span<const std::byte, framing::kLocalitySize>(in.data() + framing::kHelloSize, framing::kLocalitySize),
+                               locality, why);
+  if (e != Errc{}) return std::nullopt;
+  return locality;
 }
 
 }  // namespace ferry::detail::tcp
