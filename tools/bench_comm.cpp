@@ -996,7 +996,12 @@ Options iops_options(const IopsArgs& a, Purpose purpose, std::size_t max_message
   Options o;
   const std::string host =
       a.host.find(':') != std::string::npos && a.host.front() != '[' ? "[" + a.host + "]" : a.host;
-  o.endpoint = std::string(a.secure ? "tls" : "tcp") + "://" + host + ":" + std::to_string(a.port);
+  if (a.transport == "shm") {
+    o.endpoint = "shm://ferry-iops-" + std::to_string(a.port);  // the port number names the rendezvous
+  } else {
+    const std::string scheme = a.secure ? "tls" : a.transport == "auto" ? "auto" : "tcp";
+    o.endpoint = scheme + "://" + host + ":" + std::to_string(a.port);
+  }
   o.workers = a.workers;
   o.connection.message_size = std::max(o.connection.message_size, max_message);
   o.connection.connect_timeout = std::chrono::seconds(a.timeout);
@@ -1110,7 +1115,7 @@ json iops_result(const IopsArgs& a, const char* purpose, std::uint64_t messages,
   return json{{"bench", "iops"},
               {"purpose", purpose},
               {"mode", a.mode},
-              {"transport", a.secure ? "tls" : "tcp"},
+              {"transport", a.secure ? "tls" : a.transport},
               {"seconds", secs},
               {"close_seconds", close_secs},
               {"transfer_bytes", transfer},
@@ -1280,7 +1285,7 @@ std::vector<std::string> iops_role_args(const IopsArgs& a, const std::string& pu
                                         const std::string& cert_dir) {
   char expo[32];
   std::snprintf(expo, sizeof expo, "%.17g", a.step_expo);
-  std::vector<std::string> args{"iops",        "tcp",
+  std::vector<std::string> args{"iops",        a.transport == "tls" ? "tcp" : a.transport,
                                 purpose,       a.mode,
                                 "--min-size",  std::to_string(a.min_size),
                                 "--step-size", std::to_string(a.step_size),
@@ -1307,7 +1312,7 @@ int iops_pair(const IopsArgs& a) {
     cert_dir = certs->dir().string();
   }
   std::vector<std::string> server_args =
-      iops_role_args(a, "server", a.port_given ? a.port : 0, cert_dir);
+      iops_role_args(a, "server", a.port_given ? a.port : a.transport == "shm" ? static_cast<int>(::getpid()) : 0, cert_dir);
   server_args.emplace_back("--announce");
   Process server({.name = "the iops server process", .program = self_exe(), .args = server_args});
   // The server allocates and fills a buffer of 2**max_size bytes before it listens.
@@ -1316,7 +1321,8 @@ int iops_pair(const IopsArgs& a) {
     throw std::runtime_error("the iops server process failed to start" +
                              (listening ? ": '" + *listening + "'" : std::string()));
   }
-  const int port = std::stoi(listening->substr(listening->rfind(':') + 1));
+  // tcp/tls/auto: the bound port; shm: the number in the name (shm://ferry-iops-<n>).
+  const int port = std::stoi(listening->substr(listening->find_last_of(a.transport == "shm" ? '-' : ':') + 1));
   std::vector<std::unique_ptr<Process>> clients;
   for (int c = 0; c < a.clients; ++c) {
     clients.push_back(std::make_unique<Process>(
@@ -1338,7 +1344,7 @@ int iops_pair(const IopsArgs& a) {
   if (!a.json_out) {
     std::printf(
         "ferry-bench iops: %s pair %s, %d client%s, %llu messages per client and direction\n",
-        a.secure ? "tls" : "tcp", a.mode.c_str(), a.clients, a.clients == 1 ? "" : "s",
+        a.secure ? "tls" : a.transport.c_str(), a.mode.c_str(), a.clients, a.clients == 1 ? "" : "s",
         results.back()["messages"].get<unsigned long long>());
   }
   for (const json& r : results) {
@@ -1379,8 +1385,8 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   auto comm = std::make_shared<CommArgs>();
   auto* comm_cmd = app.add_subcommand("comm", "the Communicator over tcp/tls between two "
                                               "processes: streaming or round trips, vs plain Asio");
-  comm_cmd->add_option("--transport", comm->transport, "tcp | tls | shm")
-      ->check(CLI::IsMember({"tcp", "tls", "shm"}))
+  comm_cmd->add_option("--transport", comm->transport, "tcp | tls | shm | auto")
+      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto"}))
       ->capture_default_str();
   comm_cmd->add_option("--size", comm->sizes, "message size(s), e.g. 64 or 64,1K,64K,2M")
       ->delimiter(',')
@@ -1457,9 +1463,9 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   auto iops = std::make_shared<IopsArgs>();
   auto* iops_cmd =
       app.add_subcommand("iops", "net-queue's IOPS test (test/iops.py) over the Communicator");
-  iops_cmd->add_option("transport", iops->transport, "tcp | tls (tls = tcp --secure)")
+  iops_cmd->add_option("transport", iops->transport, "tcp | tls (tls = tcp --secure) | shm | auto")
       ->required()
-      ->check(CLI::IsMember({"tcp", "tls"}));
+      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto"}));
   iops_cmd
       ->add_option("purpose", iops->purpose,
                    "server | client | pair (this tool starts one server and --clients clients, and "
