@@ -38,6 +38,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -418,6 +419,7 @@ struct CommRoleArgs {
   unsigned receive_spin_us = 0;
   std::string payload = "borrowed";
   std::size_t ring_size = std::size_t{1} << 20;
+  std::string host = "127.0.0.1";  // server: the address it listens on (tcp, tls, auto)
   int timeout = 30;
 };
 
@@ -438,7 +440,7 @@ int comm_server_role(const CommRoleArgs& a) {
   const nanoseconds timeout = std::chrono::seconds(a.timeout);
   Options o = role_options(a);
   o.endpoint = a.transport == "shm" ? "shm://ferry-bench-" + std::to_string(::getpid())
-                                    : a.transport + "://127.0.0.1:0";
+                                    : a.transport + "://" + a.host + ":0";
   if (a.transport == "tls") {
     o.security.certificate = fs::path(a.cert_dir) / "server.pem";
     o.security.key = fs::path(a.cert_dir) / "server.key";
@@ -619,6 +621,8 @@ struct CommArgs {
   unsigned receive_spin_us = 0;
   std::string payload = "borrowed";
   std::string ring_size = "1M";
+  std::string server_host = "127.0.0.1";
+  std::string server_prefix;  // a command the server process runs under (ip netns exec ...)
   std::size_t asio_batch = 1;
   int timeout = 30;
   bool json_out = false;
@@ -644,12 +648,23 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
     common.insert(common.end(), {"--pingpong", "--count", std::to_string(a.count), "--warmup",
                                  std::to_string(a.warmup)});
   }
-  std::vector<std::string> server_args{"comm-server"};
+  // --server-prefix: the server runs under that command (another network namespace, say).
+  std::vector<std::string> server_args;
+  std::istringstream prefix(a.server_prefix);
+  for (std::string word; prefix >> word;)
+    server_args.push_back(word);
+  const std::string program = server_args.empty() ? self_exe().string() : server_args.front();
+  if (!server_args.empty()) {
+    server_args.erase(server_args.begin());
+    server_args.push_back(self_exe().string());
+  }
+  server_args.insert(server_args.end(), {"comm-server", "--host", a.server_host});
   server_args.insert(server_args.end(), common.begin(), common.end());
   Process server({.name = "the Ferry server process",
-                  .program = self_exe(),
+                  .program = program,
                   .args = server_args,
-                  .cpu = pin.b});
+                  .cpu = pin.b,
+                  .search_path = !a.server_prefix.empty()});
   const auto listening = server.read_line(Clock::now() + std::chrono::seconds(a.timeout));
   if (!listening || listening->rfind("listening ", 0) != 0) {
     throw std::runtime_error("the Ferry server process failed to start" +
@@ -1439,6 +1454,10 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->capture_default_str();
   comm_cmd->add_option("--ring-size", comm->ring_size, "shm: bytes of each ring (power of two)")
       ->capture_default_str();
+  comm_cmd->add_option("--server-host", comm->server_host, "address the Ferry server listens on (tcp, tls, auto)")
+      ->capture_default_str();
+  comm_cmd->add_option("--server-prefix", comm->server_prefix,
+                       "run the Ferry server under this command, e.g. 'ip netns exec NS unshare --ipc'");
   comm_cmd->add_flag("--json", comm->json_out, "one JSON object per line (per size and impl)");
 
   auto role = std::make_shared<CommRoleArgs>();
@@ -1454,6 +1473,7 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
     cmd->add_option("--workers", role->workers);
     cmd->add_option("--receive-spin", role->receive_spin_us);
     cmd->add_option("--ring-size", role->ring_size);
+    cmd->add_option("--host", role->host);
     cmd->add_option("--timeout", role->timeout);
   }
   client_cmd->add_option("--endpoint", role->endpoint)->required();

@@ -65,6 +65,7 @@ CommunicatorImpl::~CommunicatorImpl() {
 void CommunicatorImpl::start() {
   m_transport = make_transport(*this);
   m_poll_links = m_transport->reads_on_caller();
+  if (m_poll_links) m_get_spin = std::max(m_get_spin, m_transport->poll_spin());
 }
 
 bool CommunicatorImpl::poll_links(bool last) {

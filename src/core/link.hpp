@@ -52,6 +52,9 @@ class Transport {
   /// Its links read on the caller's thread (Link::poll_receive()): get() asks them before
   /// it sleeps.
   [[nodiscard]] virtual bool reads_on_caller() const { return false; }
+  /// How long get() polls such links before it sleeps when Options::receive_spin is shorter:
+  /// the peer writes from another process, so polling steals no CPU from it.
+  [[nodiscard]] virtual std::chrono::microseconds poll_spin() const { return std::chrono::microseconds::zero(); }
   /// Fault injection for tests: every live link fails as a broken connection would (the
   /// peer sees it drop; sessions detach and resume). Default: nothing to cut.
   virtual void cut_links() {}

@@ -55,6 +55,9 @@ class AutoServer final : public Transport {
     m_tcp->cut_links();
   }
   bool reads_on_caller() const override { return m_shm != nullptr; }
+  std::chrono::microseconds poll_spin() const override {
+    return m_shm ? m_shm->poll_spin() : std::chrono::microseconds::zero();
+  }
 
  private:
   std::unique_ptr<AsioTransport> m_tcp;

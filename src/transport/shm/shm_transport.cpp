@@ -340,6 +340,7 @@ class ShmTransport final : public AsioTransport {
   const ShmOptions& shm() const noexcept { return owner().options().shm; }
   std::chrono::microseconds spin() const noexcept { return m_spin; }
   bool reads_on_caller() const override { return true; }
+  std::chrono::microseconds poll_spin() const override { return shm().spin; }
   /// Server: whether a client with these credentials may connect; why set when not.
   bool allowed(const ucred& cred, std::string& why) const;
 
@@ -659,7 +660,9 @@ Connection::Consumed Connection::consume(unsigned max_records, Errc& e, std::str
   }
   // relaxed: see m_last_rx.
   if (got) m_last_rx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-  if (result != Consumed::paused) m_reader.end_round(result == Consumed::empty, true);
+  // A bounded read (get()'s) settles its round as an idle one, acknowledging what it took:
+  // the rest waits for the next get(), and the peer must not wait for that ack meanwhile.
+  if (result != Consumed::paused) m_reader.end_round(result == Consumed::empty || max_records != 0, true);
   return result;
 }
 
