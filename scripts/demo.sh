@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 # The main job: installs what is missing, builds Ferry, and shows what it does with figures
 # measured on this machine: the shared-memory ring between two processes (one-way throughput
-# and round trips), and messaging through the Communicator between two processes over TCP and
-# TLS on loopback, next to a plain Boost.Asio sender/receiver run in the same run.
+# and round trips); messaging through the Communicator between two processes over TCP and TLS
+# on loopback, next to a plain Boost.Asio sender/receiver run in the same run; over shared
+# memory next to the raw ring; and auto://, where the same client code reaches a local server
+# over shared memory and one in another network namespace over TCP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -13,6 +15,10 @@ cmake -S . -B build -G Ninja -DFERRY_WARNINGS_AS_ERRORS=ON -DCMAKE_BUILD_TYPE=Re
 cmake --build build -j"$(nproc)" --target ferry_bench_tool ferry_asio_baseline ferry_cli >/dev/null
 bench=build/bin/ferry-bench
 seconds=${FERRY_DEMO_SECONDS:-1}
+# What to undo on exit (the hugepage pool, a network namespace), in reverse order.
+cleanups=()
+run_cleanups() { for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do "${cleanups[i]}"; done; }
+trap run_cleanups EXIT
 reps=${FERRY_DEMO_REPS:-3}
 
 echo "== Machine"
@@ -69,15 +75,52 @@ echo
 echo "-- net-queue's iops workload: 500 x 2 MiB, sync (client puts all, then gets all back)"
 "$bench" iops tcp pair sync --step-size 0 --max-size 21 --reps 500
 
+echo
+echo "== The Communicator over shared memory (shm://): the same API, rings between the processes"
+echo "-- one-way streaming, Ferry vs the raw byte ring of the same size (ring) alternately"
+"$bench" comm --transport shm --size 64,64K,2M --impl ferry,ring --seconds "$seconds" --reps "$reps" --pin auto
+echo "-- 64 B round trips, pinned (get() polls its ring for ShmOptions::spin = 20 us, then sleeps)"
+"$bench" comm --transport shm --size 64 --pingpong --count 10000 --impl ferry,ring --reps 3
+echo "-- net-queue's iops workload over shm: 500 x 2 MiB, sync"
+"$bench" iops shm pair sync --step-size 0 --max-size 21 --reps 500
+
+echo
+echo "== auto://host:port: one URL, and the handshake picks the transport"
+echo "-- a server on this host: the client finds it local (same boot id and IPC namespace)"
+"$bench" comm --transport auto --size 64K --impl ferry --seconds "$seconds" --reps "$reps" --pin auto
+"$bench" comm --transport auto --size 64 --pingpong --count 10000 --impl ferry --reps 3
+# A second "host": a network namespace with its own IPC namespace, joined by a veth pair.
+ns=ferry-demo-$$
+if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null && ip netns add "$ns" 2>/dev/null; then
+  cleanup_ns() { ip link del fd$$a 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true; }
+  cleanups+=(cleanup_ns)
+  ip link add fd$$a type veth peer name fd$$b
+  ip link set fd$$b netns "$ns"
+  ip addr add 10.214.0.1/24 dev fd$$a && ip link set fd$$a up
+  ip netns exec "$ns" ip addr add 10.214.0.2/24 dev fd$$b
+  ip netns exec "$ns" ip link set fd$$b up && ip netns exec "$ns" ip link set lo up
+  echo "-- the server in another network and IPC namespace (as in a container): the same client"
+  echo "   code stays on TCP, over a veth pair"
+  prefix="ip netns exec $ns unshare --ipc"
+  "$bench" comm --transport auto --server-host 10.214.0.2 --server-prefix "$prefix" --size 64K --impl ferry --seconds "$seconds" --reps "$reps" --pin auto
+  "$bench" comm --transport auto --server-host 10.214.0.2 --server-prefix "$prefix" --size 64 --pingpong --count 10000 --impl ferry --reps 3
+else
+  echo "-- (network namespaces need root and iproute2: a TCP-only client of the same kind of server instead)"
+  "$bench" comm --transport tcp --size 64K --impl ferry --seconds "$seconds" --reps "$reps" --pin auto
+fi
+
 # Hugepage-backed rings: only where this user may reserve pages for the run (restored after).
 pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
 if [ "$(id -u)" -eq 0 ] && [ -w "$pool" ]; then
   saved=$(cat "$pool")
-  trap 'echo "$saved" > "$pool"' EXIT
-  bash scripts/hugepages.sh reserve $((saved + 8)) --size 2M >/dev/null || true
+  restore_pool() { echo "$saved" > "$pool"; }
+  cleanups+=(restore_pool)
+  bash scripts/hugepages.sh reserve $((saved + 24)) --size 2M >/dev/null || true
   echo
   echo "== The same ring on 2 MiB hugepages (pool raised to $(cat "$pool") for this run, restored after)"
   "$bench" ring --size 64,64K,2M --batch 64 --hugepages --seconds "$seconds" --reps "$reps" | tail -n +2
+  echo "-- the Communicator over shm with its rings on hugepages (the page size is in stats())"
+  "$bench" comm --transport shm --size 64K,2M --impl ferry,ring --seconds "$seconds" --reps "$reps" --pin auto | tail -n +2
 else
   echo
   echo "(hugepage rows skipped: reserving pages needs root; see scripts/hugepages.sh)"

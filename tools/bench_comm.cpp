@@ -933,6 +933,11 @@ int comm_main(CommArgs a) {
                       med(i, "bytes_per_s") / 1e9, med(i, "gbit_per_s"),
                       100 * (hi - lo) / med(i, "msgs_per_s"), impls[i].c_str(), note);
         }
+        // Which transport the client ended up on (auto://) and how it runs (shm: ring, pages).
+        if (runs[i].front().contains("transport_detail") && !runs[i].front()["transport_detail"].get<std::string>().empty()) {
+          std::printf("%10s client on %s (%s)\n", "", runs[i].front()["transport"].get<std::string>().c_str(),
+                      runs[i].front()["transport_detail"].get<std::string>().c_str());
+        }
       }
     }
     std::fflush(stdout);
