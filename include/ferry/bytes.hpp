@@ -12,13 +12,45 @@
 
 namespace ferry {
 
+namespace detail {
+/// Recycled large buffers (src/core/buffer_pool.cpp). A receiver that frees a large message
+/// buffer and allocates the next one would otherwise have the allocator return the memory to
+/// the kernel and fault it in again, which costs more than the copy into it.
+/// pool_take: a buffer of at least n bytes (its size class in capacity), or nullptr when n is
+/// outside the pooled sizes. Throws std::bad_alloc.
+std::byte* pool_take(std::size_t n, std::size_t& capacity);
+void pool_give(std::byte* p, std::size_t capacity) noexcept;
+
+struct BytesDeleter {
+  std::size_t pooled = 0;  // a pooled buffer's capacity; 0: from new[]
+  void operator()(std::byte* p) const noexcept {
+    if (pooled != 0) {
+      pool_give(p, pooled);
+    } else {
+      delete[] p;
+    }
+  }
+};
+}  // namespace detail
+
 /// Owned bytes. Move-only, so a message is never copied by accident; Bytes(n) leaves the
 /// contents uninitialised, so a receiver can read straight into a buffer of the message's size.
 class Bytes {
  public:
   Bytes() = default;
   /// n uninitialised bytes.
-  explicit Bytes(std::size_t n) : m_data(n ? std::make_unique_for_overwrite<std::byte[]>(n) : nullptr), m_size(n) {}
+  explicit Bytes(std::size_t n) : m_data(n ? new std::byte[n] : nullptr), m_size(n) {}
+  /// n uninitialised bytes, recycled from (and returned to) Ferry's pool of large buffers
+  /// when n is large: what receivers use for message buffers.
+  [[nodiscard]] static Bytes pooled(std::size_t n) {
+    std::size_t capacity = 0;
+    std::byte* p = detail::pool_take(n, capacity);
+    if (p == nullptr) return Bytes(n);
+    Bytes b;
+    b.m_data = std::unique_ptr<std::byte[], detail::BytesDeleter>(p, detail::BytesDeleter{capacity});
+    b.m_size = n;
+    return b;
+  }
   [[nodiscard]] static Bytes copy_of(std::span<const std::byte> src) {
     Bytes b(src.size());
     if (!src.empty()) std::memcpy(b.data(), src.data(), src.size());
@@ -50,7 +82,7 @@ class Bytes {
   }
 
  private:
-  std::unique_ptr<std::byte[]> m_data;
+  std::unique_ptr<std::byte[], detail::BytesDeleter> m_data;
   std::size_t m_size = 0;
 };
 

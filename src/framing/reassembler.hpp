@@ -48,7 +48,7 @@ class Reassembler {
         return Errc::message_too_large;
       }
       try {
-        m_message = Bytes(static_cast<std::size_t>(h.c));
+        m_message = Bytes::pooled(static_cast<std::size_t>(h.c));
       } catch (const std::bad_alloc&) {
         // The announced size is within our limit but the memory is not there: refuse this
         // connection's message rather than let the exception end the process.
