@@ -96,9 +96,11 @@ struct ShmOptions {
   /// the check is this list.
   std::vector<std::uint32_t> allow_uids;
   std::vector<std::uint32_t> allow_gids;
-  /// The reader polls its ring this long after the last message before it sleeps, so a
-  /// message that follows closely costs no wake-up. Ignored when the process may run on one
-  /// CPU only. At most 10 ms.
+  /// A get() that finds nothing polls its rings this long before it sleeps (the peer writes
+  /// from another process, so this takes no CPU from it), and Ferry's I/O thread polls as long
+  /// after the last message before it sleeps (not when the process may run on one CPU only,
+  /// where it would compete with the thread in get()). A message that follows closely then
+  /// costs no wake-up. At most 10 ms.
   std::chrono::microseconds spin{20};
 };
 

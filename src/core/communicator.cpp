@@ -68,22 +68,24 @@ void CommunicatorImpl::start() {
   if (m_poll_links) m_get_spin = std::max(m_get_spin, m_transport->poll_spin());
 }
 
-bool CommunicatorImpl::poll_links(bool last) {
+CommunicatorImpl::LinkList CommunicatorImpl::links_to_poll() const {
   // A server polls at most this many peers' links from get(); the others are read by the
   // transport's threads only (polling hundreds of rings per empty get() costs more than it saves).
   constexpr std::size_t kMaxPolled = 16;
-  boost::container::small_vector<std::shared_ptr<Link>, 4> links;
-  {
-    const std::lock_guard lock(m_sessions_mutex);
-    if (m_purpose == Purpose::client) {
-      if (m_server) links.push_back(m_server->link());
-    } else {
-      for (const auto& [id, s] : m_sessions) {
-        if (links.size() >= kMaxPolled) break;
-        links.push_back(s->link());
-      }
+  LinkList links;
+  const std::lock_guard lock(m_sessions_mutex);
+  if (m_purpose == Purpose::client) {
+    if (m_server) links.push_back(m_server->link());
+  } else {
+    for (const auto& [id, s] : m_sessions) {
+      if (links.size() >= kMaxPolled) break;
+      links.push_back(s->link());
     }
   }
+  return links;
+}
+
+bool CommunicatorImpl::poll_links(const LinkList& links, bool last) {
   bool any = false;
   for (const auto& l : links) {
     if (l && l->poll_receive(last)) any = true;
@@ -221,16 +223,15 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
   // lets them arrange a wake-up before this thread sleeps.
   // relaxed: a hint; the queue is checked again under m_rx_mutex.
   const bool empty = m_rx_count.load(std::memory_order_relaxed) == 0;
+  const LinkList links = m_poll_links && empty ? links_to_poll() : LinkList{};
   if (m_get_spin.count() > 0 && empty && timeout > std::chrono::nanoseconds::zero()) {
     const auto until = start + std::min<std::chrono::nanoseconds>(timeout, m_get_spin);
     // relaxed: as above.
     while (m_rx_count.load(std::memory_order_relaxed) == 0 && !closed() && Clock::now() < until) {
-      if (!(m_poll_links && poll_links(false))) std::this_thread::yield();  // another thread may need the CPU
+      if (!poll_links(links, false)) std::this_thread::yield();  // another thread may need the CPU
     }
-    if (m_poll_links) poll_links(true);
-  } else if (m_poll_links && empty) {
-    poll_links(true);
   }
+  poll_links(links, true);
   std::unique_lock lock(m_rx_mutex);
   const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
   struct Waiting {  // counted while this thread may sleep (see getters_waiting())
@@ -254,7 +255,7 @@ std::optional<Message> CommunicatorImpl::try_get() noexcept {
   // relaxed: a hint, as in get().
   if (m_poll_links && m_rx_count.load(std::memory_order_relaxed) == 0) {
     try {
-      poll_links(true);
+      poll_links(links_to_poll(), true);
     } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory for the link list: the transport's threads read
     }
   }

@@ -11,6 +11,8 @@
 #include <optional>
 #include <unordered_map>
 
+#include <boost/container/small_vector.hpp>
+
 #include <ferry/communicator.hpp>
 #include <ferry/endpoint.hpp>
 
@@ -93,9 +95,13 @@ class CommunicatorImpl {
   /// Runs on_connect; an exception from it is swallowed (it must not unwind a transport thread).
   void notify_connect(const PeerId& peer) const noexcept;
   void fill_limits(framing::Hello& hello) const;
+  using LinkList = boost::container::small_vector<std::shared_ptr<Link>, 4>;
+  /// The links get() polls (at most 16, see poll_links()).
+  LinkList links_to_poll() const;
   /// get() found the queue empty: links that read on the caller's thread read now. True if a
-  /// message arrived.
-  bool poll_links(bool last);
+  /// message arrived. One get() polls one list throughout and ends with last: every link that
+  /// was polled with last false is polled again with last true (it restores its wake-up then).
+  bool poll_links(const LinkList& links, bool last);
 
   const Purpose m_purpose;
   const Options m_options;

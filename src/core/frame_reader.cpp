@@ -35,7 +35,7 @@ void FrameReader::advance(std::size_t n) noexcept {
 std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::string& why) {
   std::size_t pos = 0;
   for (;;) {
-    if (m_paused) return pos;
+    if (m_paused || m_close_pending) return pos;
     if (m_in_payload) {
       const std::span<std::byte> target = m_reassembler.chunk_target();
       const std::size_t take = std::min(target.size(), in.size() - pos);
@@ -86,6 +86,11 @@ std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::s
       case framing::FrameType::keepalive:
         break;
       case framing::FrameType::close:
+        if (m_defer_close) {
+          m_close_reason = static_cast<Errc>(h.a);
+          m_close_pending = true;
+          return pos;
+        }
         m_session->on_peer_close(static_cast<Errc>(h.a));
         break;
     }
@@ -123,6 +128,12 @@ void FrameReader::end_round(bool source_idle, bool buffered_empty) {
     m_unacked = false;
     m_session->ack_due();
   }
+}
+
+void FrameReader::apply_close() {
+  if (!m_close_pending) return;
+  m_close_pending = false;
+  m_session->on_peer_close(m_close_reason);
 }
 
 void FrameReader::wake_pending() {

@@ -41,6 +41,13 @@ class FrameReader {
   [[nodiscard]] std::span<std::byte> chunk_target() noexcept { return m_reassembler.chunk_target(); }
   void advance(std::size_t n) noexcept;
 
+  /// Close frames are left to the transport's own thread: feed() stops after one
+  /// (close_pending()) until apply_close() hands it to the session. For reads on a caller's
+  /// thread (get()), where a session's end must not run the user's callbacks.
+  void set_defer_close(bool on) noexcept { m_defer_close = on; }
+  [[nodiscard]] bool close_pending() const noexcept { return m_close_pending; }
+  void apply_close();
+
   /// The receive queue was full: reading must wait until the link's resume_reading().
   [[nodiscard]] bool paused() const noexcept { return m_paused; }
   void resume() noexcept { m_paused = false; }
@@ -67,6 +74,9 @@ class FrameReader {
   std::size_t m_carry_len = 0;
   bool m_in_payload = false;
   bool m_paused = false;
+  bool m_defer_close = false;
+  bool m_close_pending = false;
+  Errc m_close_reason{};
   std::uint64_t m_round_bytes = 0;    // payload bytes taken in this read round
   bool m_round_progress = false;      // a data frame arrived in this round
   bool m_round_delivered = false;     // messages went to the receive queue, get() not woken yet

@@ -158,6 +158,106 @@ TEST(ShmTransport, TheDefaultDirectoryIsOwnerOnlyAndAnUnsafeOneIsRefused) {
   if (old_dir) ::setenv("FERRY_SHM_DIR", saved_dir.c_str(), 1);
 }
 
+TEST(ShmTransport, ManyClientsComingAndGoingAreAllServedPromptly) {
+  // More clients than get() polls itself (16), while others connect and leave: every message
+  // must still arrive at once (a link dropped from get()'s polling must not be left unwoken).
+  TempDir dir;
+  const std::string name = unique_name("many");
+  Options so = shm_options(name, dir.path());
+  so.shm.spin = std::chrono::milliseconds(2);
+  so.connection.keepalive_timeout = std::chrono::seconds(5);
+  std::atomic<int> disconnects{0};
+  so.on_disconnect = [&](const PeerId&, std::error_code) { ++disconnects; };
+  auto server = open(Purpose::server, so);
+  std::vector<Communicator> clients;
+  for (int i = 0; i < 24; ++i) clients.push_back(open(Purpose::client, shm_options(name, dir.path())));
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop.load()) {
+      auto c = open(Purpose::client, shm_options(name, dir.path()));
+      c.put(std::string("churn")).wait();
+      c.close();
+    }
+  });
+  using Clock = std::chrono::steady_clock;
+  Clock::duration worst{};
+  const auto end = Clock::now() + 2s;
+  while (Clock::now() < end) {
+    for (auto& c : clients) {
+      const std::int64_t sent = Clock::now().time_since_epoch().count();
+      c.put(Bytes::copy_of(std::string_view(reinterpret_cast<const char*>(&sent), sizeof sent)));
+    }
+    for (std::size_t got = 0; got < clients.size();) {
+      const auto m = server.get_for(kWait);
+      ASSERT_TRUE(m.has_value());
+      if (m->data.size() != sizeof(std::int64_t)) continue;  // a churning client's
+      std::int64_t sent = 0;
+      std::memcpy(&sent, m->data.data(), sizeof sent);
+      worst = std::max(worst, Clock::now().time_since_epoch() - Clock::duration(sent));
+      ++got;
+    }
+    std::this_thread::sleep_for(3ms);
+  }
+  stop = true;
+  churn.join();
+  std::printf("worst delivery %.1f ms\n", std::chrono::duration<double, std::milli>(worst).count());
+  EXPECT_LT(worst, 500ms);
+  EXPECT_EQ(server.peers().size(), clients.size());
+}
+
+TEST(ShmTransport, DisconnectCallbacksNeverRunInTheCallersGet) {
+  // get()/try_get() read the ring themselves; the peer's answer to our close frame ends the
+  // session, whose callbacks must still run on Ferry's own threads.
+  for (int i = 0; i < 30; ++i) {
+    const std::string name = unique_name("close");
+    Options so = shm_options(name);
+    std::atomic<std::thread::id> callback_thread{};
+    std::atomic<bool> called{false};
+    so.on_disconnect = [&](const PeerId&, std::error_code) {
+      callback_thread = std::this_thread::get_id();
+      called = true;
+    };
+    auto server = open(Purpose::server, so);
+    auto client = open(Purpose::client, shm_options(name));
+    client.put(std::string("bye")).wait_delivered();
+    std::thread closer([&] { server.close(); });
+    const auto deadline = std::chrono::steady_clock::now() + kWait;
+    while (!called.load() && std::chrono::steady_clock::now() < deadline) (void)server.try_get();
+    closer.join();
+    ASSERT_TRUE(called.load());
+    EXPECT_NE(callback_thread.load(), std::this_thread::get_id()) << "on_disconnect ran inside try_get()";
+  }
+}
+
+TEST(ShmTransport, APeerThatDiesWhileItsMessagesWaitIsSeenAtOnce) {
+  // The server's receive queue from the client is full (it never calls get()): the client is
+  // SIGKILLed then. Its death must still be seen promptly, or the server's puts to it would
+  // wait for a ring that nobody frees.
+  Options so = shm_options(unique_name("paused"));
+  so.connection.receive_queue_messages = 16;
+  std::atomic<std::int64_t> lost_at{0};
+  so.on_disconnect = [&](const PeerId&, std::error_code) {
+    lost_at = std::chrono::steady_clock::now().time_since_epoch().count();
+  };
+  auto server = open(Purpose::server, so);
+  const std::string peer = (fs::path(test::peer_path()).parent_path() / "ferry_comm_peer").string();
+  test::Child child({peer, "client", server.local_endpoint()}, -1, true);
+  ASSERT_EQ(child.read_line(), "connected");
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (server.stats().receive_queue_messages < 16) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the client's messages never filled the queue";
+    std::this_thread::sleep_for(1ms);
+  }
+  const auto killed = std::chrono::steady_clock::now();
+  child.kill(SIGKILL);
+  child.wait(5s);
+  while (lost_at.load() == 0) {
+    ASSERT_LT(std::chrono::steady_clock::now() - killed, 5s) << "the death of a paused peer was not noticed";
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_LT(std::chrono::nanoseconds(lost_at.load()) - killed.time_since_epoch(), std::chrono::nanoseconds(100ms));
+}
+
 // --- another user ---
 
 class OtherUser : public ::testing::Test {

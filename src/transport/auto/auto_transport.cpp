@@ -79,7 +79,8 @@ std::unique_ptr<Transport> make_client(CommunicatorImpl& owner) {
   Endpoint tcp_endpoint = owner.endpoint();
   tcp_endpoint.scheme = Scheme::tcp;
   std::string why;
-  const std::optional<framing::Locality> server = tcp::probe(owner, tcp_endpoint, why);
+  PeerId server_id;
+  const std::optional<framing::Locality> server = tcp::probe(owner, tcp_endpoint, server_id, why);
   if (server) {
     why = why_not_local(*server, local_locality());
     if (why.empty()) {
@@ -88,7 +89,7 @@ std::unique_ptr<Transport> make_client(CommunicatorImpl& owner) {
       shm_endpoint.path = std::filesystem::path(server->shm_path).stem().string();
       try {
         return shm_link::make_transport(owner, shm_endpoint, server->shm_path,
-                                        "auto: same host and IPC namespace; ", false);
+                                        "auto: same host and IPC namespace; ", false, server_id);
       } catch (const Error& e) {
         why = std::string("shared memory failed: ") + e.what();
       }

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include <ferry/shm/process.hpp>
@@ -332,7 +333,9 @@ class ShmTransport final : public AsioTransport {
   /// path: the rendezvous socket (auto://: the one the server advertised); empty: derived
   /// from endpoint's name and the options.
   ShmTransport(CommunicatorImpl& owner, const Endpoint& endpoint, std::filesystem::path path, std::string route,
-               bool retry_connect);
+               bool retry_connect, std::optional<PeerId> expected_server);
+  /// auto:// client: the id of the server it probed; the shm server must be that one.
+  const std::optional<PeerId>& expected_server() const noexcept { return m_expected_server; }
   const Endpoint& endpoint() const noexcept { return m_endpoint; }
   const std::filesystem::path& path() const noexcept { return m_path; }
   ~ShmTransport() override { stop(); }
@@ -355,6 +358,7 @@ class ShmTransport final : public AsioTransport {
   std::optional<asio::local::stream_protocol::acceptor> m_acceptor;
   std::uint64_t m_socket_inode = 0;  // to unlink only our own socket
   std::chrono::microseconds m_spin{0};
+  std::optional<PeerId> m_expected_server;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -390,7 +394,15 @@ void Connection::start(Done done) {
   m_remote = m_transport.endpoint().to_string();
   ucred cred{};
   socklen_t len = sizeof cred;
-  if (::getsockopt(m_socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0) {
+  if (::getsockopt(m_socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return handshake_failed({Errc::system, std::string("SO_PEERCRED: ") + std::strerror(errno)});
+  }
+  // The memory comes from the server: only our own user (or root) may hand it to us.
+  if (cred.uid != ::geteuid() && cred.uid != 0) {
+    return handshake_failed({Errc::permission_denied, "the server at " + m_remote + " runs as uid " +
+                                                          std::to_string(cred.uid) + ", neither this user nor root"});
+  }
+  if (cred.pid > 0) {
     const auto pid = static_cast<std::uint64_t>(cred.pid);
     m_peer_identity = ferry::shm::layout::make_identity(pid, ferry::shm::process_start_time(pid));
   }
@@ -508,6 +520,14 @@ void Connection::on_server_reply(std::vector<Fd> fds) {
   };
   if (fds.size() != kFdCount) return bad("expected " + std::to_string(kFdCount) + " descriptors, got " + std::to_string(fds.size()));
   if (!is_eventfd(fds[kServerEvent].get()) || !is_eventfd(fds[kClientEvent].get())) return bad("the wake-up descriptors are not eventfds");
+  // Only a sealed memfd cannot be shrunk under us (a SIGBUS on the next access).
+  for (const std::size_t i : {std::size_t{kClientToServer}, std::size_t{kServerToClient}}) {
+    if (::fcntl(fds[i].get(), F_GET_SEALS) < 0) return bad("a ring descriptor is not a memfd");
+  }
+  if (m_transport.expected_server() && hello.id != *m_transport.expected_server()) {
+    return bad("the shared-memory server (id " + hello.id.to_string() + ") is not the server probed over TCP (id " +
+               m_transport.expected_server()->to_string() + ")");
+  }
   try {
     m_tx_segment.emplace(Segment::open_fd(fds[kClientToServer].get(), ByteRing::spec(0)));
     m_rx_segment.emplace(Segment::open_fd(fds[kServerToClient].get(), ByteRing::spec(0)));
@@ -648,6 +668,14 @@ Connection::Consumed Connection::consume(unsigned max_records, Errc& e, std::str
       what = "from " + m_remote + ": " + why;
       return Consumed::error;
     }
+    if (m_reader.close_pending()) {  // a reader in get() left the peer's close to the strand
+      if (m_record_offset == record.size()) {
+        m_rx->release();
+        m_record_offset = 0;
+      }
+      result = Consumed::more;
+      break;
+    }
     if (m_record_offset < record.size()) {  // the receive queue is full: resume_reading() goes on
       m_rx->flush();
       m_reader.end_round(false, false);
@@ -672,13 +700,27 @@ void Connection::read_ring() {
   apply_resume();
   const auto spin = m_transport.spin();
   for (;;) {
-    if (m_reader.paused()) break;
+    if (m_reader.close_pending()) m_reader.apply_close();
+    if (m_reader.paused()) {
+      // A dead peer never frees the ring we write to: waiting for our receive queue to drain
+      // would leave our puts to it pending for good. What it sent and we did not take was never
+      // acknowledged to it.
+      if (!m_peer_eof) break;
+      release_reader();
+      return fail(Errc::peer_lost, m_remote + " closed the rendezvous socket (exited or was killed)");
+    }
     // relaxed: set by a reader in get() before it released the role (ordered by it).
     if (m_poisoned.load(std::memory_order_relaxed)) break;
     m_rx->end_sleep();
     Errc e{};
     std::string what;
-    const Consumed c = consume(0, e, what);
+    Consumed c = Consumed::error;
+    try {
+      c = consume(0, e, what);
+    } catch (const std::exception& x) {  // out of memory in the receive queue
+      e = Errc::internal;
+      what = std::string("reading from ") + m_remote + ": " + x.what();
+    }
     if (c == Consumed::error) {
       release_reader();
       return fail(e, what);
@@ -714,11 +756,26 @@ bool Connection::poll_receive(bool last) {
   if (!claim_reader(false)) return false;
   apply_resume();
   const std::uint64_t before = m_reader.delivered();
-  if (!m_reader.paused()) {
+  if (!m_reader.paused() && !m_reader.close_pending()) {
     m_rx->end_sleep();
     Errc e{};
     std::string what;
-    switch (consume(kPollRecords, e, what)) {
+    // The peer's close ends the session, which runs on_disconnect: never on the caller's thread.
+    m_reader.set_defer_close(true);
+    Consumed c = Consumed::error;
+    try {
+      c = consume(kPollRecords, e, what);
+    } catch (...) {  // out of memory in the receive queue: give the role back, then report
+      m_reader.set_defer_close(false);
+      // relaxed: read by release_reader() below, on this thread.
+      m_strand_wants_read.store(true, std::memory_order_relaxed);
+      release_reader();
+      throw;
+    }
+    m_reader.set_defer_close(false);
+    // relaxed: read by release_reader() below, on this thread.
+    if (m_reader.close_pending()) m_strand_wants_read.store(true, std::memory_order_relaxed);
+    switch (c) {
       case Consumed::error:
         // relaxed: published by release_reader()'s seq_cst store.
         m_poisoned.store(true, std::memory_order_relaxed);
@@ -943,7 +1000,16 @@ void Connection::fail(Errc errc, const std::string& what) {
   if (m_failed) return;
   if (!m_running) return handshake_failed({errc, what});
   m_failed = true;
-  wake_pending_getters();
+  // sync(shm.open) release: polls that start after it read nothing.
+  m_open.store(false, std::memory_order_release);
+  // relaxed: as m_open, a reason for polls to read nothing more.
+  m_poisoned.store(true, std::memory_order_relaxed);
+  // A reader in get() holds the reader for at most kPollRecords records: wait for it, so no
+  // delivery from this connection reaches the session after link_down() (a resumed session
+  // would see it twice). The strand never holds the reader here.
+  while (!claim_reader(false)) std::this_thread::yield();
+  m_reader.wake_pending();
+  release_reader();
   drop_blocked_write();
   close_all();
   const bool peer_dead = m_role == Role::client && m_peer_eof && m_peer_identity != 0 &&
@@ -988,8 +1054,8 @@ void Connection::close_all() {
 // ShmTransport
 
 ShmTransport::ShmTransport(CommunicatorImpl& owner, const Endpoint& endpoint, std::filesystem::path path, std::string route,
-                           bool retry_connect)
-    : AsioTransport(owner), m_endpoint(endpoint), m_path(std::move(path)) {
+                           bool retry_connect, std::optional<PeerId> expected_server)
+    : AsioTransport(owner), m_endpoint(endpoint), m_path(std::move(path)), m_expected_server(expected_server) {
   set_route(std::move(route));
   m_retry_connect = retry_connect;
   cpu_set_t cpus;
@@ -1048,12 +1114,17 @@ void ShmTransport::listen() {
   // Other users reach the socket only when they are allowed in (the check is allowed()).
   const bool others = !shm().allow_uids.empty() || !shm().allow_gids.empty();
   if (::chmod(m_path.c_str(), others ? 0666 : 0600) != 0) {
-    throw Error(Errc::system, where + ": chmod: " + std::strerror(errno));
+    const int err = errno;
+    ::unlink(m_path.c_str());
+    throw Error(Errc::system, where + ": chmod: " + std::strerror(err));
   }
   struct stat st {};
   if (::stat(m_path.c_str(), &st) == 0) m_socket_inode = st.st_ino;
   m_acceptor->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) throw Error(Errc::system, where + ": " + ec.message());
+  if (ec) {
+    ::unlink(m_path.c_str());
+    throw Error(Errc::system, where + ": " + ec.message());
+  }
 }
 
 void ShmTransport::accept() {
@@ -1148,8 +1219,8 @@ std::filesystem::path rendezvous_path(const ShmOptions& options, std::string_vie
 }
 
 std::unique_ptr<AsioTransport> make_transport(CommunicatorImpl& owner, const Endpoint& endpoint, std::filesystem::path path,
-                                              std::string route, bool retry_connect) {
-  return std::make_unique<ShmTransport>(owner, endpoint, std::move(path), std::move(route), retry_connect);
+                                              std::string route, bool retry_connect, std::optional<PeerId> expected_server) {
+  return std::make_unique<ShmTransport>(owner, endpoint, std::move(path), std::move(route), retry_connect, expected_server);
 }
 
 std::filesystem::path listening_path(const Transport& transport) {

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "core/communicator_impl.hpp"
@@ -15,10 +16,12 @@ namespace ferry::detail::shm_link {
 /// its rings and handshakes (before returning, or throws ferry::Error).
 /// endpoint: shm://name (auto:// servers use a derived name); path: the rendezvous socket,
 /// empty to derive it from the name (rendezvous_path()); route: as for tcp::make_transport;
-/// retry_connect false: a client tries once (auto:// falls back to TCP instead of waiting).
+/// retry_connect false: a client tries once (auto:// falls back to TCP instead of waiting);
+/// expected_server: the id the server must have (auto:// checks it is the server it probed).
 std::unique_ptr<AsioTransport> make_transport(CommunicatorImpl& owner, const Endpoint& endpoint,
                                               std::filesystem::path path = {}, std::string route = {},
-                                              bool retry_connect = true);
+                                              bool retry_connect = true,
+                                              std::optional<PeerId> expected_server = std::nullopt);
 /// The rendezvous socket a transport made by make_transport() uses.
 std::filesystem::path listening_path(const Transport& transport);
 

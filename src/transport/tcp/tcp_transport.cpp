@@ -825,7 +825,8 @@ std::unique_ptr<AsioTransport> make_transport(CommunicatorImpl& owner, const End
   return std::make_unique<TcpTransport>(owner, endpoint, std::move(route));
 }
 
-std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endpoint& endpoint, std::string& why) {
+std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endpoint& endpoint, PeerId& server_id,
+                                       std::string& why) {
   asio::io_context io;
   tcp::resolver resolver(io);
   error_code ec;
@@ -866,6 +867,7 @@ std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endp
     why = "the server did not answer the locality probe";
     return std::nullopt;
   }
+  server_id = reply.id;
   framing::Locality locality;
   e = framing::decode_locality(std::span<const std::byte, framing::kLocalitySize>(in.data() + framing::kHelloSize, framing::kLocalitySize),
                                locality, why);

@@ -20,6 +20,8 @@ std::unique_ptr<AsioTransport> make_transport(CommunicatorImpl& owner, const End
 /// auto:// client: asks the server at endpoint where it runs (a probe hello; the server makes
 /// no session and closes). nullopt with why when it cannot tell (unreachable, not a Ferry
 /// server, a server that answers no probes).
-std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endpoint& endpoint, std::string& why);
+/// server_id: the id in the server's reply.
+std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endpoint& endpoint, PeerId& server_id,
+                                       std::string& why);
 
 }  // namespace ferry::detail::tcp

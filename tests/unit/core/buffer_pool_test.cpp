@@ -48,11 +48,14 @@ TEST(BufferPool, LargeBuffersAreReusedSmallAndHugeOnesAreNot) {
     return b.data() == p;
   };
   // Same size class (sizes within a quarter power of two of each other): the freed buffer
-  // comes back. Only without a sanitizer, which needs every buffer fresh to see a use after free.
-  EXPECT_EQ(reused(std::size_t{1} << 20, (std::size_t{1} << 20) - 100), kPooling);
-  EXPECT_EQ(reused(std::size_t{64} << 10, std::size_t{64} << 10), kPooling);
-  // Another class is another buffer.
-  EXPECT_FALSE(reused(std::size_t{1} << 20, std::size_t{3} << 20));
+  // comes back; another class is another buffer. Only without a sanitizer, which needs every
+  // buffer fresh to see a use after free (and whose allocator may hand the same address back
+  // on its own, so addresses say nothing there).
+  if (kPooling) {
+    EXPECT_TRUE(reused(std::size_t{1} << 20, (std::size_t{1} << 20) - 100));
+    EXPECT_TRUE(reused(std::size_t{64} << 10, std::size_t{64} << 10));
+    EXPECT_FALSE(reused(std::size_t{1} << 20, std::size_t{3} << 20));
+  }
   // The pool holds at most 64 MiB: many freed buffers do not pile up beyond it, and every one
   // is usable afterwards.
   std::vector<Bytes> many;
