@@ -420,6 +420,7 @@ struct CommRoleArgs {
   std::string payload = "borrowed";
   std::size_t ring_size = std::size_t{1} << 20;
   std::string host = "127.0.0.1";  // server: the address it listens on (tcp, tls, auto)
+  int shm_spin_us = -1;            // ShmOptions::spin; -1: the default
   int timeout = 30;
 };
 
@@ -429,6 +430,7 @@ Options role_options(const CommRoleArgs& a) {
   o.workers = a.workers;
   o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
   o.shm.ring_size = a.ring_size;
+  if (a.shm_spin_us >= 0) o.shm.spin = std::chrono::microseconds(a.shm_spin_us);
   return o;
 }
 
@@ -623,6 +625,7 @@ struct CommArgs {
   std::string ring_size = "1M";
   std::string server_host = "127.0.0.1";
   std::string server_prefix;  // a command the server process runs under (ip netns exec ...)
+  int shm_spin_us = -1;
   std::size_t asio_batch = 1;
   int timeout = 30;
   bool json_out = false;
@@ -641,6 +644,7 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
                                   "--workers",   std::to_string(a.workers),
                                   "--receive-spin", std::to_string(a.receive_spin_us),
                                   "--ring-size", std::to_string(parse_size(a.ring_size)),
+                                  "--shm-spin", std::to_string(a.shm_spin_us),
                                   "--timeout",   std::to_string(a.timeout)};
   if (a.transport == "tls")
     common.insert(common.end(), {"--cert-dir", cert_dir.string()});
@@ -1459,6 +1463,8 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->capture_default_str();
   comm_cmd->add_option("--ring-size", comm->ring_size, "shm: bytes of each ring (power of two)")
       ->capture_default_str();
+  comm_cmd->add_option("--shm-spin", comm->shm_spin_us, "ShmOptions::spin in microseconds (0: sleep at once)")
+      ->check(CLI::Range(-1, 10'000));
   comm_cmd->add_option("--server-host", comm->server_host, "address the Ferry server listens on (tcp, tls, auto)")
       ->capture_default_str();
   comm_cmd->add_option("--server-prefix", comm->server_prefix,
@@ -1479,6 +1485,7 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
     cmd->add_option("--receive-spin", role->receive_spin_us);
     cmd->add_option("--ring-size", role->ring_size);
     cmd->add_option("--host", role->host);
+    cmd->add_option("--shm-spin", role->shm_spin_us);
     cmd->add_option("--timeout", role->timeout);
   }
   client_cmd->add_option("--endpoint", role->endpoint)->required();
