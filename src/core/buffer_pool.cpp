@@ -6,6 +6,8 @@
 // Layer: src/core.
 #include <ferry/bytes.hpp>
 
+#include "core/sanitizers.hpp"
+
 #include <array>
 #include <bit>
 #include <mutex>
@@ -14,17 +16,7 @@
 namespace ferry::detail {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kPooling = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kPooling = false;
-#else
-constexpr bool kPooling = true;
-#endif
-#else
-constexpr bool kPooling = true;
-#endif
+constexpr bool kPooling = !kSanitized;
 
 constexpr unsigned kMinShift = 16;  // 64 KiB
 constexpr unsigned kMaxShift = 26;  // 64 MiB

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/access.hpp"
+#include "core/sanitizers.hpp"
 #include "transport/shm/shm_transport.hpp"
 #include "support/spawn.hpp"
 #include "support/tcp_proxy.hpp"
@@ -33,17 +34,7 @@ namespace {
 using namespace std::chrono_literals;
 constexpr auto kWait = 20s;  // every blocking call in these tests has a deadline
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitizedAllocator = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitizedAllocator = true;
-#else
-constexpr bool kSanitizedAllocator = false;
-#endif
-#else
-constexpr bool kSanitizedAllocator = false;
-#endif
+constexpr bool kSanitizedAllocator = detail::kSanitized;
 
 Errc errc_of(const std::function<void()>& fn) {
   try {

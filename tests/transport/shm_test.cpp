@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "ferry/shm/ring.hpp"
+#include "support/errors.hpp"
 #include "support/spawn.hpp"
 #include "transport/shm/shm_transport.hpp"
 
@@ -33,15 +34,6 @@ constexpr auto kWait = 20s;
 std::string unique_name(const char* what) {
   static std::atomic<int> counter{0};
   return std::string("shmtest-") + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
-}
-
-Errc errc_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.errc();
-  }
-  return Errc{};
 }
 
 /// A directory under /tmp removed at the end, with the given mode.
@@ -95,7 +87,7 @@ TEST(ShmTransport, ASecondServerIsRefusedAndAStaleSocketIsReclaimed) {
   const std::string name = unique_name("twice");
   {
     auto first = open(Purpose::server, shm_options(name, dir.path()));
-    EXPECT_EQ(errc_of([&] { (void)open(Purpose::server, shm_options(name, dir.path())); }), Errc::address_in_use);
+    EXPECT_EQ(test::error_of([&] { (void)open(Purpose::server, shm_options(name, dir.path())); }), Errc::address_in_use);
   }
   // A socket file left by a server that died (bound, never unlinked, nobody listening).
   const fs::path path = dir.path() / (name + ".sock");
@@ -145,11 +137,11 @@ TEST(ShmTransport, TheDefaultDirectoryIsOwnerOnlyAndAnUnsafeOneIsRefused) {
   EXPECT_EQ(st.st_mode & 0777, 0700u);
   // Writable by others: anyone could put a socket there that clients would trust.
   ::chmod((runtime.path() / "ferry").c_str(), 0777);
-  EXPECT_EQ(errc_of([] { (void)detail::shm_link::rendezvous_path(ShmOptions{}, "x", true); }), Errc::permission_denied);
+  EXPECT_EQ(test::error_of([] { (void)detail::shm_link::rendezvous_path(ShmOptions{}, "x", true); }), Errc::permission_denied);
   // Too long for a Unix socket address: refused up front with the reason.
   ShmOptions deep;
   deep.directory = "/tmp/" + std::string(100, 'd');
-  EXPECT_EQ(errc_of([&] { (void)detail::shm_link::rendezvous_path(deep, "x", false); }), Errc::invalid_argument);
+  EXPECT_EQ(test::error_of([&] { (void)detail::shm_link::rendezvous_path(deep, "x", false); }), Errc::invalid_argument);
   if (old_xdg) {
     ::setenv("XDG_RUNTIME_DIR", saved.c_str(), 1);
   } else {

@@ -5,23 +5,15 @@
 
 #include <ferry/bytes.hpp>
 
+#include "core/sanitizers.hpp"
+
 #include <cstring>
 #include <vector>
 
 namespace ferry {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kPooling = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kPooling = false;
-#else
-constexpr bool kPooling = true;
-#endif
-#else
-constexpr bool kPooling = true;
-#endif
+constexpr bool kPooling = !detail::kSanitized;  // as in src/core/buffer_pool.cpp
 
 TEST(BufferPool, PooledBytesHoldTheirSizeAndContents) {
   for (const std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{4096}, std::size_t{65536}, std::size_t{65537},
