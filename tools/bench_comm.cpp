@@ -1403,6 +1403,60 @@ int iops_main(IopsArgs a) {
   return iops_client(a);
 }
 
+// ---------------------------------------------------------------------------------------------
+// idle: what a server with many connected, silent clients costs
+
+struct IdleArgs {
+  std::string transport = "shm";
+  int clients = 50;
+  double seconds = 10;
+  bool json_out = false;
+};
+
+double cpu_seconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+}
+
+// One process: a server and --clients clients, each having sent one message, then silent for
+// --seconds; prints the CPU time the process used meanwhile (keep-alives and timers only).
+int idle_main(const IdleArgs& a) {
+  Options so;
+  so.endpoint = a.transport == "shm" ? "shm://ferry-idle-" + std::to_string(::getpid()) : a.transport + "://127.0.0.1:0";
+  Communicator server = ferry::open(Purpose::server, so);
+  std::vector<Communicator> clients;
+  for (int i = 0; i < a.clients; ++i) {
+    Options co;
+    co.endpoint = server.local_endpoint();
+    clients.push_back(ferry::open(Purpose::client, co));
+  }
+  for (auto& c : clients)
+    c.put(std::string("hello")).wait_delivered();
+  for (int i = 0; i < a.clients; ++i)
+    (void)server.get();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const double before = cpu_seconds();
+  std::this_thread::sleep_for(seconds_to_duration(a.seconds));
+  const double used = cpu_seconds() - before;
+  const json r{{"bench", "idle"},
+               {"transport", a.transport},
+               {"clients", a.clients},
+               {"seconds", a.seconds},
+               {"cpu_seconds", used},
+               {"cpu_percent_of_one_core", 100 * used / a.seconds},
+               {"threads", 1 + a.clients}};
+  if (a.json_out) {
+    std::printf("%s\n", r.dump().c_str());
+  } else {
+    std::printf("ferry-bench idle: %s server + %d silent clients in one process (%d I/O threads), %.0f s: "
+                "CPU %.1f ms (%.3f%% of one core)\n",
+                a.transport.c_str(), a.clients, 1 + a.clients, a.seconds, used * 1e3, 100 * used / a.seconds);
+  }
+  return 0;
+}
+
 } // namespace
 
 std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
@@ -1551,7 +1605,18 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   iops_cmd->add_flag("--json", iops->json_out, "one JSON object per line (per side)");
   iops_cmd->add_flag("--announce", iops->announce)->group("");
 
+  auto idle = std::make_shared<IdleArgs>();
+  auto* idle_cmd = app.add_subcommand("idle", "CPU used by a server with many silent clients (keep-alives only)");
+  idle_cmd->add_option("--transport", idle->transport, "shm | tcp | auto")
+      ->check(CLI::IsMember({"shm", "tcp", "auto"}))
+      ->capture_default_str();
+  idle_cmd->add_option("--clients", idle->clients, "connected clients")->check(CLI::Range(1, 1000))->capture_default_str();
+  idle_cmd->add_option("--seconds", idle->seconds, "quiet interval measured")->check(CLI::PositiveNumber)->capture_default_str();
+  idle_cmd->add_flag("--json", idle->json_out, "one JSON object");
+
   return [=]() -> std::optional<int> {
+    if (idle_cmd->parsed())
+      return idle_main(*idle);
     if (comm_cmd->parsed())
       return comm_main(*comm);
     if (server_cmd->parsed())
