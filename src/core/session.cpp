@@ -138,6 +138,7 @@ bool Session::fill(framing::Batch& batch, WriteRecord& record, bool keepalive) {
       m_cursor_offset = 0;
     }
   }
+  record.more = batch.full() && m_cursor < m_out.size();
   if (m_close_due && !m_close_sent && !record.close && m_cursor == m_out.size()) {
     // The close frame always follows an ack of everything delivered: the peer fails whatever
     // it has not seen acknowledged when the close arrives.

@@ -32,12 +32,16 @@ struct WriteRecord {
   std::vector<std::shared_ptr<const Payload>> payloads;
   std::vector<std::uint64_t> completed_ids;
   bool close = false;
+  /// fill() stopped because the batch was full, with more data due (not held by the send
+  /// window, whose ack kicks the link): the writer must go on without waiting for a kick.
+  bool more = false;
   /// Scratch for written(): the put states to mark sent once the session lock is released.
   std::vector<std::pair<std::shared_ptr<PutState>, std::uint32_t>> sent;
   void clear() {
     payloads.clear();
     completed_ids.clear();
     close = false;
+    more = false;
     sent.clear();
   }
 };

@@ -900,12 +900,14 @@ bool Connection::write_inline() {
     return true;
   }
   switch (write_batch()) {
-    case WriteResult::done:
+    case WriteResult::done: {
+      const bool more = m_writer.record.more;
       finish_write();
-      // One batch per caller: more that is due is written on the strand, so a put() never
-      // writes other threads' messages for long.
-      if (m_writer.release()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+      // One batch per caller: more that is due is written on the strand (which takes the role
+      // as it is), so a put() never writes other threads' messages for long.
+      if (more || m_writer.release()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
       return true;
+    }
     case WriteResult::blocked:
       asio::post(m_strand, [self = shared_from_this()] {
         self->m_write_blocked = true;

@@ -473,13 +473,14 @@ bool Connection::write_inline() {
   const int err = errno;
   if (n >= 0 && static_cast<std::size_t>(n) == total) {
     lock.unlock();
+    const bool more = m_writer.record.more;
     m_writer.pending = false;
     // relaxed: see m_last_tx.
     m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     m_session->written(m_writer.record);
     // One batch per caller: more that is due is written on the strand, so a put() never
     // writes other threads' messages for long.
-    if (m_writer.release()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+    if (more || m_writer.release()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
     return true;
   }
   if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {

@@ -110,6 +110,33 @@ TEST_F(SessionTest, EndWithNoWriteInFlightFailsAtOnce) {
   EXPECT_EQ(handle.errors().at(0).error, make_error_code(Errc::closed));
 }
 
+TEST_F(SessionTest, AFullBatchWithMoreDueSaysSo) {
+  // The writer must go on after a full batch without waiting for another kick: the puts whose
+  // kicks it took before filling have no one else to wake it (a stream stalled until the
+  // keep-alive tick before this).
+  std::vector<PutHandle> handles;
+  const std::span<const std::byte> small(buffer.data(), 512);
+  for (int i = 0; i < 400; ++i) handles.push_back(put_borrowed(small));  // 200 KiB: several batches
+  framing::Batch batch(64 << 10);
+  WriteRecord record;
+  ASSERT_TRUE(sut->fill(batch, record, false));
+  EXPECT_TRUE(record.more);
+  sut->written(record);
+  int batches = 1;
+  for (;;) {
+    batch.clear();
+    record.clear();
+    ASSERT_TRUE(sut->fill(batch, record, false));
+    ++batches;
+    sut->written(record);
+    if (!record.more) break;
+  }
+  EXPECT_GE(batches, 3);
+  batch.clear();
+  record.clear();
+  EXPECT_FALSE(sut->fill(batch, record, false)) << "everything was written";
+}
+
 TEST(CommunicatorImpl, ConcurrentHandshakesWithOneIdAttachOnlyOne) {
   const int rounds = 300;
   for (int round = 0; round < rounds; ++round) {
