@@ -59,7 +59,13 @@ restore() {
       umount "$d" || { echo "$name: could not unmount $d" >&2; ok=1; break; }
     done
   done
-  echo "$orig_2m" >"$SYS2M/nr_hugepages" 2>/dev/null || true
+  # Pages another process still maps only leave the pool when it lets go: retry for 10 s.
+  local tries
+  for tries in $(seq 100); do
+    echo "$orig_2m" >"$SYS2M/nr_hugepages" 2>/dev/null || true
+    [[ $(<"$SYS2M/nr_hugepages") == "$orig_2m" ]] && break
+    sleep 0.1
+  done
   [[ $(<"$SYS2M/nr_hugepages") == "$orig_2m" ]] || {
     echo "$name: could not restore 2M nr_hugepages to $orig_2m" >&2
     ok=1

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1];
   ferry::Options options;
   options.endpoint = argv[2];
+  options.shm.huge_pages = false;  // the pool belongs to the hugepage tests
   if (argc >= 5 && std::string(argv[3]) == "--id") options.id = ferry::PeerId::parse(argv[4]);
   try {
     if (mode == "server") {

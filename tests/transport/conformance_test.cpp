@@ -152,6 +152,7 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   Options server_options() const {
     Options o;
     o.endpoint = server_endpoint();
+    o.shm.huge_pages = false;  // the pool belongs to the hugepage tests (RESOURCE_LOCK hugepage_pool)
     if (tls()) {
       o.security.certificate = s_certs->server_chain();
       o.security.key = s_certs->server_key();
@@ -639,6 +640,14 @@ TEST_P(Conformance, KilledServerFailsTheClientPromptly) {
   EXPECT_LT(took, shm() ? std::chrono::nanoseconds(100ms) : std::chrono::nanoseconds(co.connection.keepalive_timeout));
   EXPECT_EQ(errc_of([&] { client.put(std::string("x")).wait(); }), Errc::peer_lost);
   EXPECT_EQ(dev_shm_files(), shm_files) << "a killed shm server left files in /dev/shm";
+  // Its rendezvous socket stays (the next server of that name replaces it): remove it here.
+  const Endpoint killed_at = Endpoint::parse(line.substr(10));
+  if (killed_at.scheme == Scheme::shm || killed_at.scheme == Scheme::automatic) {
+    const std::string name = killed_at.scheme == Scheme::shm ? killed_at.path
+                                                            : "auto-" + killed_at.host + "-" + std::to_string(killed_at.port);
+    std::error_code ec;
+    std::filesystem::remove(detail::shm_link::rendezvous_path(ShmOptions{}, name, false), ec);
+  }
 }
 
 TEST_P(Conformance, KeepAliveTimeoutDetectsASilentPeer) {

@@ -62,6 +62,15 @@ Options shm_options(const std::string& name, const fs::path& dir = {}) {
   Options o;
   o.endpoint = "shm://" + name;
   o.shm.directory = dir;
+  o.shm.huge_pages = false;  // the pool belongs to the hugepage tests (RESOURCE_LOCK hugepage_pool)
+  return o;
+}
+
+/// An auto:// server's options, without hugepages (as shm_options()).
+Options auto_server(const std::string& endpoint) {
+  Options o;
+  o.endpoint = endpoint;
+  o.shm.huge_pages = false;
   return o;
 }
 
@@ -331,8 +340,7 @@ TEST_F(OtherUser, IsRefusedUnlessAllowed) {
 TEST_F(OtherUser, AnAutoClientThatMayNotUseSharedMemoryIsServedOverTcp) {
   // The server's rendezvous directory is its own (0700): shared memory fails for nobody, who
   // falls back to TCP, which serves any user.
-  Options so;
-  so.endpoint = "auto://127.0.0.1:0";
+  Options so = auto_server("auto://127.0.0.1:0");
   auto server = open(Purpose::server, so);
   const std::vector<std::string> args{"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                       m_peer.string(), "client", server.local_endpoint()};
@@ -349,8 +357,7 @@ TEST_F(OtherUser, AnAutoClientThatMayNotUseSharedMemoryIsServedOverTcp) {
 // --- auto:// ---
 
 TEST(Auto, ALocalClientUsesSharedMemoryAndSaysWhy) {
-  Options so;
-  so.endpoint = "auto://127.0.0.1:0";
+  Options so = auto_server("auto://127.0.0.1:0");
   auto server = open(Purpose::server, so);
   EXPECT_EQ(server.local_endpoint().rfind("auto://127.0.0.1:", 0), 0u) << server.local_endpoint();
   Options co;
@@ -421,8 +428,7 @@ class OtherNamespace : public ::testing::Test {
 };
 
 TEST_F(OtherNamespace, ItsClientIsServedOverTcpWhileALocalOneUsesSharedMemory) {
-  Options so;
-  so.endpoint = "auto://" + m_host_ip + ":0";
+  Options so = auto_server("auto://" + m_host_ip + ":0");
   auto server = open(Purpose::server, so);
   const std::string url = server.local_endpoint();
   Options co;
