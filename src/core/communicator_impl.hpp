@@ -117,7 +117,9 @@ class CommunicatorImpl {
   std::deque<Received> m_rx;
   std::uint64_t m_rx_bytes = 0;
   std::atomic<std::size_t> m_rx_count{0};  // m_rx.size(), readable without the lock
-  std::chrono::microseconds m_get_spin{0};  // receive_spin, or 0 when this process has one CPU
+  // get()'s poll before it sleeps: receive_spin (0 when this process has one CPU), at least the
+  // transport's poll_spin() when its links read on the caller's thread.
+  std::chrono::microseconds m_get_spin{0};
   bool m_poll_links = false;  // the transport's links read on the caller's thread
   std::atomic<unsigned> m_getters_waiting{0};
   std::error_code m_terminal;  // client: why the session with the server ended

@@ -31,7 +31,7 @@ class Link {
   }
   /// Drop the connection (the session ends or resumes elsewhere). Idempotent.
   virtual void shutdown(std::error_code why) = 0;
-  /// The transport's name ("tcp", "tls") and the peer's address.
+  /// The transport's name ("tcp", "tls", "shm") and the peer's address.
   [[nodiscard]] virtual std::string transport() const = 0;
   [[nodiscard]] virtual std::string remote() const = 0;
   /// How the transport runs this link (stats' transport_detail), "" when nothing to add.

@@ -1020,14 +1020,13 @@ void Connection::fail(Errc errc, const std::string& what) {
   m_transport.link_ended(shared_from_this(), true);
 }
 
-void Connection::shutdown(std::error_code why) {
-  asio::post(m_strand, [self = shared_from_this(), why] {
+void Connection::shutdown(std::error_code /*why: a clean close or not, nothing to drain either way*/) {
+  asio::post(m_strand, [self = shared_from_this()] {
     if (self->m_failed) return;
     self->wake_pending_getters();
     // Everything written is in the ring, which the peer keeps mapped: nothing to drain.
     self->m_failed = true;
     self->drop_blocked_write();
-    (void)why;
     self->close_all();
     self->m_transport.link_ended(self, false);
   });
