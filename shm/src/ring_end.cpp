@@ -51,6 +51,7 @@ RingEnd::RingEnd(RingEnd&& other) noexcept
       m_align_mask(other.m_align_mask),
       m_wait(other.m_wait),
       m_peer_wake_fd(other.m_peer_wake_fd),
+      m_peer_wake_fd2(other.m_peer_wake_fd2),
       m_closed(other.m_closed) {}
 
 ProducerEnd::ProducerEnd(Segment& segment, RingKind kind, const WaitOptions& wait,
@@ -83,7 +84,7 @@ void ProducerEnd::close() noexcept {
   // sync(ring.close) seq_cst store: after every commit; pairs with the consumer's acquire
   // load in refresh_write_pos() and its seq_cst re-check before sleeping.
   m_ctl->wait.producer_closed.store(1, std::memory_order_seq_cst);
-  wake_if_sleeping(m_ctl->wait.consumer_sleeping, m_peer_wake_fd);
+  wake_if_sleeping(m_ctl->wait.consumer_sleeping, m_peer_wake_fd, m_peer_wake_fd2);
   m_closed = true;
 }
 
@@ -113,7 +114,7 @@ void ConsumerEnd::close() noexcept {
   // sync(ring.close) seq_cst store: pairs with the producer's acquire load in full_status()
   // and its seq_cst re-check before sleeping.
   m_ctl->wait.consumer_closed.store(1, std::memory_order_seq_cst);
-  wake_if_sleeping(m_ctl->wait.producer_sleeping, m_peer_wake_fd);
+  wake_if_sleeping(m_ctl->wait.producer_sleeping, m_peer_wake_fd, m_peer_wake_fd2);
   m_closed = true;
 }
 

@@ -3,7 +3,13 @@
 // it. Layer: src/core.
 #include "core/communicator_impl.hpp"
 
+#include <poll.h>
 #include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <thread>
@@ -60,12 +66,17 @@ CommunicatorImpl::CommunicatorImpl(Purpose purpose, Options options, Endpoint en
 
 CommunicatorImpl::~CommunicatorImpl() {
   if (m_transport) m_transport->stop();
+  if (m_wake_fd >= 0) ::close(m_wake_fd);
 }
 
 void CommunicatorImpl::start() {
   m_transport = make_transport(*this);
   m_poll_links = m_transport->reads_on_caller();
-  if (m_poll_links) m_get_spin = std::max(m_get_spin, m_transport->poll_spin());
+  if (m_poll_links) {
+    m_get_spin = std::max(m_get_spin, m_transport->poll_spin());
+    m_wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
+    if (m_wake_fd < 0) throw Error(Errc::unavailable, std::string("eventfd: ") + std::strerror(errno));
+  }
 }
 
 CommunicatorImpl::LinkList CommunicatorImpl::links_to_poll() const {
@@ -85,13 +96,89 @@ CommunicatorImpl::LinkList CommunicatorImpl::links_to_poll() const {
   return links;
 }
 
-bool CommunicatorImpl::poll_links(const LinkList& links, bool last) {
+bool CommunicatorImpl::poll_links(const LinkList& links, bool last, WakeFds* wake_fds) {
   bool any = false;
   for (const auto& l : links) {
-    if (l && l->poll_receive(last)) any = true;
+    if (!l) continue;
+    int fd = -1;
+    if (l->poll_receive(last, wake_fds != nullptr ? &fd : nullptr)) any = true;
+    if (fd >= 0) wake_fds->push_back(fd);
   }
-  if (any) m_rx_cv.notify_all();  // other threads in get() may take the rest
+  if (any) notify_getters(true);  // other threads in get() may take the rest
   return any;
+}
+
+void CommunicatorImpl::notify_getters(bool all) {
+  if (all) {
+    m_rx_cv.notify_all();
+  } else {
+    m_rx_cv.notify_one();
+  }
+  // relaxed: the caller changed what get() waits for under m_rx_mutex, after (or before) a
+  // sleeper's increment under it: seen here, or the sleeper saw the change before sleeping.
+  const unsigned sleepers = m_fd_sleepers.load(std::memory_order_relaxed);
+  if (sleepers > 0) (void)::eventfd_write(m_wake_fd, all ? sleepers : 1);
+}
+
+void CommunicatorImpl::sleep_on_links(std::unique_lock<std::mutex>& lock, const LinkList& links, WakeFds& fds,
+                                      std::chrono::steady_clock::time_point deadline) {
+  using Clock = std::chrono::steady_clock;
+  const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
+  // Polls the links again without the lock: reads what woke us and gives each link its
+  // wake-up back. Also on the way out by an exception: a peer must never be left waking a
+  // descriptor nobody waits on.
+  struct HandBack {
+    CommunicatorImpl& self;
+    const LinkList& links;
+    WakeFds& fds;
+    std::unique_lock<std::mutex>& lock;
+    ~HandBack() {
+      if (fds.empty()) return;
+      fds.clear();
+      const bool locked = lock.owns_lock();
+      if (locked) lock.unlock();
+      try {
+        self.poll_links(links, true);
+      } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the transport's threads read on
+      }
+      if (locked) lock.lock();
+    }
+  } hand_back{*this, links, fds, lock};
+  std::array<pollfd, 1 + 16> pfds{};
+  while (!fds.empty() && !ready()) {
+    const auto now = Clock::now();
+    if (now >= deadline) break;
+    const std::size_t n = std::min(fds.size(), pfds.size() - 1);
+    pfds[0] = pollfd{m_wake_fd, POLLIN, 0};
+    for (std::size_t i = 0; i < n; ++i) pfds[i + 1] = pollfd{fds[i], POLLIN, 0};
+    // relaxed: ordered by m_rx_mutex (see m_fd_sleepers).
+    m_fd_sleepers.fetch_add(1, std::memory_order_relaxed);
+    lock.unlock();
+    timespec ts{};
+    const bool forever = deadline == Clock::time_point::max();
+    if (!forever) {
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count();
+      ts.tv_sec = static_cast<time_t>(left / 1'000'000'000);
+      ts.tv_nsec = static_cast<long>(left % 1'000'000'000);
+    }
+    if (::ppoll(pfds.data(), n + 1, forever ? nullptr : &ts, nullptr) > 0) {
+      for (std::size_t i = 0; i <= n; ++i) {
+        eventfd_t value = 0;
+        // EAGAIN: another thread took the count (m_wake_fd gives each count to one thread).
+        if ((pfds[i].revents & POLLIN) != 0) (void)::eventfd_read(pfds[i].fd, &value);
+      }
+    }
+    lock.lock();
+    // relaxed: as above.
+    m_fd_sleepers.fetch_sub(1, std::memory_order_relaxed);
+    if (ready()) break;
+    lock.unlock();
+    fds.clear();
+    // Reads what woke us; if nothing came, the links hand this thread their wake-ups again.
+    poll_links(links, true, &fds);
+    lock.lock();
+  }
+  // hand_back: the links read again and get their wake-ups back (the lock is released meanwhile).
 }
 
 std::string CommunicatorImpl::local_endpoint() const { return m_transport->local_endpoint(); }
@@ -153,7 +240,7 @@ PutHandle CommunicatorImpl::put(Payload payload, std::span<const PeerId> peers) 
   return PutHandle(std::move(state));
 }
 
-void CommunicatorImpl::wake_getters() { m_rx_cv.notify_all(); }
+void CommunicatorImpl::wake_getters() { notify_getters(true); }
 
 bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes message, bool notify) {
   const std::size_t size = message.size();
@@ -175,7 +262,7 @@ bool CommunicatorImpl::deliver(const std::shared_ptr<Session>& session, Bytes me
       keep_reading = false;
     }
   }
-  if (notify) m_rx_cv.notify_one();
+  if (notify) notify_getters(false);
   return keep_reading;
 }
 
@@ -231,7 +318,11 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
       if (!poll_links(links, false)) std::this_thread::yield();  // another thread may need the CPU
     }
   }
-  poll_links(links, true);
+  // The last poll may hand this thread the links' wake-ups: it then sleeps on them itself, so a
+  // message from a peer costs one wake-up (this thread's), not the transport thread's first.
+  WakeFds fds;
+  const bool may_sleep = timeout > std::chrono::nanoseconds::zero();
+  poll_links(links, true, may_sleep && !links.empty() ? &fds : nullptr);
   std::unique_lock lock(m_rx_mutex);
   const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
   struct Waiting {  // counted while this thread may sleep (see getters_waiting())
@@ -241,6 +332,11 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
     }
     ~Waiting() { n.fetch_sub(1, std::memory_order_relaxed); }  // relaxed: as above
   } waiting{m_getters_waiting};
+  if (!fds.empty()) {
+    // Until ready, the deadline, or no link hands its wake-up over (then the condition
+    // variable, which every delivery notifies).
+    sleep_on_links(lock, links, fds, forever ? Clock::time_point::max() : start + timeout);
+  }
   if (forever) {
     m_rx_cv.wait(lock, ready);
   } else if (!m_rx_cv.wait_until(lock, start + timeout, ready)) {
@@ -294,7 +390,7 @@ void CommunicatorImpl::close() {
     const std::lock_guard lock(m_rx_mutex);
     m_stopped = true;
   }
-  m_rx_cv.notify_all();
+  notify_getters(true);
 }
 
 std::vector<PeerId> CommunicatorImpl::peers() const {
@@ -469,7 +565,7 @@ void CommunicatorImpl::session_ended(Session& session, std::error_code why) {
     }
   }
   m_ended_cv.notify_all();
-  m_rx_cv.notify_all();
+  notify_getters(true);
 }
 
 }  // namespace ferry::detail

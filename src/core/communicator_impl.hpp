@@ -96,12 +96,22 @@ class CommunicatorImpl {
   void notify_connect(const PeerId& peer) const noexcept;
   void fill_limits(framing::Hello& hello) const;
   using LinkList = boost::container::small_vector<std::shared_ptr<Link>, 4>;
+  using WakeFds = boost::container::small_vector<int, 4>;
   /// The links get() polls (at most 16, see poll_links()).
   LinkList links_to_poll() const;
   /// get() found the queue empty: links that read on the caller's thread read now. True if a
   /// message arrived. One get() polls one list throughout and ends with last: every link that
   /// was polled with last false is polled again with last true (it restores its wake-up then).
-  bool poll_links(const LinkList& links, bool last);
+  /// wake_fds (with last): the descriptors the links will wake this thread by (see
+  /// Link::poll_receive()); each such link must be polled again with last true once awake.
+  bool poll_links(const LinkList& links, bool last, WakeFds* wake_fds = nullptr);
+  /// get() sleeps on its links' wake_fds and m_wake_fd until a message (or the end) is there,
+  /// the deadline (max: none), or no link hands its wake-up over; the links have their
+  /// wake-ups back on return. lock holds m_rx_mutex on entry and on return.
+  void sleep_on_links(std::unique_lock<std::mutex>& lock, const LinkList& links, WakeFds& fds,
+                      std::chrono::steady_clock::time_point deadline);
+  /// Wakes threads in get(): one (a message arrived) or all (what they wait for changed).
+  void notify_getters(bool all);
 
   const Purpose m_purpose;
   const Options m_options;
@@ -122,6 +132,11 @@ class CommunicatorImpl {
   std::chrono::microseconds m_get_spin{0};
   bool m_poll_links = false;  // the transport's links read on the caller's thread
   std::atomic<unsigned> m_getters_waiting{0};
+  // Threads in get() sleeping on their links' descriptors rather than m_rx_cv: notify_getters()
+  // writes m_wake_fd (an eventfd semaphore: one count per thread to wake) for them. Changed
+  // under m_rx_mutex; read after a change to the queue made under it (see notify_getters()).
+  std::atomic<unsigned> m_fd_sleepers{0};
+  int m_wake_fd = -1;
   std::error_code m_terminal;  // client: why the session with the server ended
 
   std::condition_variable m_ended_cv;  // with m_sessions_mutex: a session ended

@@ -25,8 +25,14 @@ class Link {
   /// reads only on its own threads returns false (the default). last false: the caller polls
   /// again at once (get()'s spin), so the transport need not arrange to be woken; every
   /// series of polls ends with a call with last true.
-  virtual bool poll_receive(bool last) {
+  /// wake_fd (with last, from a get() about to sleep): when nothing arrived, the link may
+  /// arrange that the peer's next message makes this descriptor readable instead of waking
+  /// the transport's thread, and set *wake_fd to it (else -1). The caller then sleeps on it
+  /// itself, reads it once readable (it counts wake-ups) and, awake for whatever reason,
+  /// polls again with last true and no wake_fd, which hands the wake-up back.
+  virtual bool poll_receive(bool last, int* wake_fd = nullptr) {
     (void)last;
+    if (wake_fd != nullptr) *wake_fd = -1;
     return false;
   }
   /// Drop the connection (the session ends or resumes elsewhere). Idempotent.

@@ -224,6 +224,82 @@ TEST(ShmTransport, ManyClientsComingAndGoingAreAllServedPromptly) {
   EXPECT_EQ(dropped, 0) << "a persistent client was dropped (a link left unwoken times out)";
 }
 
+TEST(ShmTransport, AGetThatStopsWaitingHandsTheRingsWakeUpBack) {
+  // A get() about to sleep has the peer wake it directly, not Ferry's thread. Once it stops
+  // waiting (here: timeouts), a message must reach the receive queue with nobody in get().
+  const std::string name = unique_name("handback");
+  Options so = shm_options(name);
+  so.shm.spin = 0us;  // sleep at once: the wake-up handshake is all there is
+  auto server = open(Purpose::server, so);
+  Options co = shm_options(name);
+  co.shm.spin = 0us;
+  auto client = open(Purpose::client, co);
+  client.put(std::string("hello")).wait_delivered();
+  ASSERT_TRUE(server.get_for(kWait).has_value());
+  for (int round = 0; round < 20; ++round) {
+    for (int i = 0; i < 3; ++i) EXPECT_FALSE(server.get_for(1ms).has_value());
+    // Acknowledged: in the receive queue. Left on a wake-up nobody waits for, it would sit in
+    // the ring until the next get().
+    ASSERT_TRUE(client.put(std::string("later")).wait_delivered_for(5s)) << "round " << round;
+    EXPECT_EQ(server.stats().receive_queue_messages, 1u) << "round " << round;
+    const auto m = server.get_for(kWait);
+    ASSERT_TRUE(m.has_value());
+    EXPECT_EQ(m->data.text(), "later");
+  }
+}
+
+TEST(ShmTransport, ManyThreadsSleepingInGetLoseAndDuplicateNothing) {
+  // Several threads sleep in get() / get_for() on the same rings and on each other's wake-ups
+  // while three clients send in bursts: every message arrives exactly once.
+  const std::string name = unique_name("getters");
+  Options so = shm_options(name);
+  so.shm.spin = 0us;
+  auto server = open(Purpose::server, so);
+  constexpr int kClients = 3;
+  constexpr std::uint32_t kPerClient = 4000;
+  std::vector<Communicator> clients;
+  for (int i = 0; i < kClients; ++i) {
+    Options co = shm_options(name);
+    co.shm.spin = 0us;
+    clients.push_back(open(Purpose::client, co));
+  }
+  std::mutex mu;
+  std::vector<std::vector<int>> seen(kClients, std::vector<int>(kPerClient, 0));
+  std::atomic<std::uint32_t> total{0};
+  std::vector<std::thread> getters;
+  for (int t = 0; t < 4; ++t) {
+    getters.emplace_back([&, t] {
+      const auto deadline = std::chrono::steady_clock::now() + kWait;
+      while (total.load() < kClients * kPerClient && std::chrono::steady_clock::now() < deadline) {
+        const auto m = t % 2 == 0 ? server.get_for(std::chrono::microseconds(200 * (t + 1))) : server.get_for(50ms);
+        if (!m) continue;
+        std::uint32_t id = 0;
+        ASSERT_EQ(m->data.size(), sizeof id);
+        std::memcpy(&id, m->data.data(), sizeof id);
+        const std::lock_guard lock(mu);
+        ++seen.at(id / kPerClient).at(id % kPerClient);
+        ++total;
+      }
+    });
+  }
+  std::vector<std::thread> senders;
+  for (int c = 0; c < kClients; ++c) {
+    senders.emplace_back([&, c] {
+      for (std::uint32_t i = 0; i < kPerClient; ++i) {
+        const std::uint32_t id = static_cast<std::uint32_t>(c) * kPerClient + i;
+        clients[c].put(Bytes::copy_of(std::span(reinterpret_cast<const std::byte*>(&id), sizeof id)));
+        if (i % (7 + c) == 0) std::this_thread::sleep_for(std::chrono::microseconds(50 * (c + 1)));
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  for (auto& t : getters) t.join();
+  EXPECT_EQ(total.load(), kClients * kPerClient);
+  for (int c = 0; c < kClients; ++c) {
+    for (std::uint32_t i = 0; i < kPerClient; ++i) ASSERT_EQ(seen[c][i], 1) << "client " << c << " message " << i;
+  }
+}
+
 TEST(ShmTransport, DisconnectCallbacksNeverRunInTheCallersGet) {
   // get()/try_get() read the ring themselves; the peer's answer to our close frame ends the
   // session, whose callbacks must still run on Ferry's own threads.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The shared-memory transport. A server listens on a Unix socket (the rendezvous); for each
 // client it checks the peer's credentials, creates two byte rings in anonymous memory (memfd,
-// hugepages when available) and two eventfds, and hands the four descriptors over the socket
+// hugepages when available) and four eventfds, and hands the six descriptors over the socket
 // with its hello. Frames then travel through the rings; the socket stays open only as the
 // peer-death signal (its EOF). Nothing is ever named in /dev/shm, so nothing is left there
 // after a crash of either side.
@@ -10,7 +10,10 @@
 // announces that it sleeps in the ring's wait line and waits for its eventfd in the event
 // loop. The other side writes that eventfd only when the announcement is up, so a stream
 // makes no system call per message, and an idle server with many clients sleeps in one
-// epoll_wait (Asio's), with no thread and no spinning per client.
+// epoll_wait (Asio's), with no thread and no spinning per client. A thread in get() about to
+// sleep announces its own eventfd instead (the ring's wait word says which), so the peer's
+// next message wakes that thread directly: one wake-up per message, not the event loop's
+// and then get()'s.
 //
 // Writing happens on the caller's thread (put() copies into the ring directly) unless the
 // ring is full or the batch carries the close frame; the strand continues then.
@@ -59,7 +62,17 @@ using ferry::shm::Segment;
 using ShmStatus = ferry::shm::Status;
 
 /// Descriptors handed from the server to the client with its hello, in this order.
-enum FdIndex : std::size_t { kClientToServer, kServerToClient, kServerEvent, kClientEvent, kFdCount };
+/// Each side has two eventfds its peer writes: the event loop's, and the one a thread in get()
+/// sleeps on when it announced so in the ring (layout::kSleepingSecond).
+enum FdIndex : std::size_t {
+  kClientToServer,
+  kServerToClient,
+  kServerEvent,
+  kClientEvent,
+  kServerGetterEvent,
+  kClientGetterEvent,
+  kFdCount
+};
 /// Larger records gain nothing (the copy dominates) and would hold back the consumer.
 constexpr std::size_t kMaxRecord = std::size_t{64} << 10;
 /// The reader settles a round (wakes get(), acknowledges) at least every this many records.
@@ -209,7 +222,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
   void kick() override;
   void resume_reading() override;
-  bool poll_receive(bool last) override;
+  bool poll_receive(bool last, int* wake_fd) override;
   void shutdown(std::error_code why) override;
   std::string transport() const override { return "shm"; }
   std::string remote() const override { return m_remote; }
@@ -296,7 +309,9 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
   // Declared before the rings: the producer's close in its destructor may write m_peer_event.
   Fd m_peer_event;                                // the peer sleeps on it: we write it
+  Fd m_peer_getter_event;                         // the peer's get() sleeps on it: we write it
   std::optional<asio::posix::stream_descriptor> m_event;  // we sleep on it
+  Fd m_getter_event;  // a thread in our get() sleeps on it (poll_receive()); kept until the end
   std::optional<Segment> m_tx_segment;
   std::optional<Segment> m_rx_segment;
   std::optional<ByteRing::Producer> m_tx;  // the writer role's
@@ -455,6 +470,7 @@ void Connection::on_client_hello() {
   // The rings and eventfds first: a failure refuses the client before a session exists.
   const ShmOptions& opt = m_transport.shm();
   Fd server_event;
+  Fd server_getter_event;
   try {
     ferry::shm::SegmentOptions so;
     so.huge_pages = opt.huge_pages ? ferry::shm::HugePages::prefer : ferry::shm::HugePages::off;
@@ -462,14 +478,19 @@ void Connection::on_client_hello() {
     m_tx_segment.emplace(Segment::create_anonymous(ByteRing::spec(opt.ring_size), so));
     server_event = make_eventfd();
     m_peer_event = make_eventfd();
+    server_getter_event = make_eventfd();
+    m_peer_getter_event = make_eventfd();
     m_rx.emplace(*m_rx_segment);
     m_tx.emplace(*m_tx_segment, ferry::shm::ProducerOptions{{}, std::numeric_limits<std::uint32_t>::max()});
   } catch (const Error& e) {
     return refuse(Errc::unavailable, std::string("cannot set up shared memory: ") + e.what());
   }
   m_detail = describe(*m_tx_segment);
-  const std::array<int, kFdCount> fds{m_rx_segment->fd(), m_tx_segment->fd(), server_event.get(), m_peer_event.get()};
+  const std::array<int, kFdCount> fds{m_rx_segment->fd(),         m_tx_segment->fd(),
+                                      server_event.get(),         m_peer_event.get(),
+                                      server_getter_event.get(),  m_peer_getter_event.get()};
   m_event.emplace(m_strand, server_event.release());
+  m_getter_event = std::move(server_getter_event);
 
   framing::Hello reply;
   std::uint64_t next_expected = 1;
@@ -513,13 +534,16 @@ void Connection::on_server_reply(std::vector<Fd> fds) {
     return handshake_failed({static_cast<Errc>(hello.status),
                              "server " + m_remote + " refused the connection: " + m_transport.refusal(hello)});
   }
-  // Everything from the server is checked before use: four descriptors, two ring segments of
-  // a sane size, two eventfds.
+  // Everything from the server is checked before use: six descriptors, two ring segments of
+  // a sane size, four eventfds.
   const auto bad = [&](const std::string& what) {
     handshake_failed({Errc::protocol_error, "handshake with " + m_remote + ": " + what});
   };
   if (fds.size() != kFdCount) return bad("expected " + std::to_string(kFdCount) + " descriptors, got " + std::to_string(fds.size()));
-  if (!is_eventfd(fds[kServerEvent].get()) || !is_eventfd(fds[kClientEvent].get())) return bad("the wake-up descriptors are not eventfds");
+  for (const std::size_t i : {std::size_t{kServerEvent}, std::size_t{kClientEvent}, std::size_t{kServerGetterEvent},
+                              std::size_t{kClientGetterEvent}}) {
+    if (!is_eventfd(fds[i].get())) return bad("the wake-up descriptors are not eventfds");
+  }
   // Only a sealed memfd cannot be shrunk under us (a SIGBUS on the next access).
   for (const std::size_t i : {std::size_t{kClientToServer}, std::size_t{kServerToClient}}) {
     if (::fcntl(fds[i].get(), F_GET_SEALS) < 0) return bad("a ring descriptor is not a memfd");
@@ -543,7 +567,9 @@ void Connection::on_server_reply(std::vector<Fd> fds) {
   }
   m_detail = describe(*m_tx_segment);
   m_peer_event = std::move(fds[kServerEvent]);
+  m_peer_getter_event = std::move(fds[kServerGetterEvent]);
   m_event.emplace(m_strand, fds[kClientEvent].release());
+  m_getter_event = std::move(fds[kClientGetterEvent]);
   std::uint64_t next_expected = 1;
   const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
   if (e != Errc{}) {
@@ -571,8 +597,8 @@ void Connection::run() {
   m_last_rx.store(now, std::memory_order_relaxed);
   // relaxed: see m_last_tx.
   m_last_tx.store(now, std::memory_order_relaxed);
-  m_tx->set_peer_wake_fd(m_peer_event.get());
-  m_rx->set_peer_wake_fd(m_peer_event.get());
+  m_tx->set_peer_wake_fd(m_peer_event.get(), m_peer_getter_event.get());
+  m_rx->set_peer_wake_fd(m_peer_event.get(), m_peer_getter_event.get());
   m_max_record = std::min<std::size_t>(kMaxRecord, m_tx->capacity() / 8);
   // sync(shm.open) release: the rings above are set up; pairs with the acquire in write_inline().
   m_open.store(true, std::memory_order_release);
@@ -749,7 +775,8 @@ void Connection::read_ring() {
   release_reader();
 }
 
-bool Connection::poll_receive(bool last) {
+bool Connection::poll_receive(bool last, int* wake_fd) {
+  if (wake_fd != nullptr) *wake_fd = -1;
   // sync(shm.open) acquire: pairs with the release in run(); the rings are set up.
   // relaxed: m_poisoned, see read_ring().
   if (!m_open.load(std::memory_order_acquire) || m_poisoned.load(std::memory_order_relaxed)) return false;
@@ -787,9 +814,20 @@ bool Connection::poll_receive(bool last) {
         if (last) m_strand_wants_read.store(true, std::memory_order_relaxed);
         break;
       case Consumed::empty:
-        // Polled again at once unless last: no wake-up needed until then.
-        // relaxed: as above.
-        if (last && !m_rx->announce_sleep()) m_strand_wants_read.store(true, std::memory_order_relaxed);
+        // Polled again at once unless last: no wake-up needed until then. A get() about to
+        // sleep is woken by the peer itself (one wake-up, not the event loop's and then
+        // get()'s); it polls again when awake, which announces the event loop's sleep.
+        if (last && wake_fd != nullptr && m_getter_event.get() >= 0) {
+          if (m_rx->announce_sleep(true)) {
+            *wake_fd = m_getter_event.get();
+          } else {
+            // relaxed: as above.
+            m_strand_wants_read.store(true, std::memory_order_relaxed);
+          }
+        } else if (last && !m_rx->announce_sleep()) {
+          // relaxed: as above.
+          m_strand_wants_read.store(true, std::memory_order_relaxed);
+        }
         break;
       case Consumed::paused:
         break;  // resume_reading() posts read_ring()

@@ -99,8 +99,13 @@ struct alignas(kLineSize) ConsumerLine {
   std::atomic<std::uint64_t> owner;     // Identity of the attached consumer, 0 if none
 };
 
+/// consumer_sleeping/producer_sleeping: 0 awake; 1 asleep on the futex or on the first wake-up
+/// descriptor it gave its peer; kSleepingSecond asleep on the second one (an external waiter
+/// with two waiting threads, see RingEnd::set_peer_wake_fd()). Any other value wakes the first.
+inline constexpr std::uint32_t kSleepingSecond = 2;
+
 struct alignas(kLineSize) WaitLine {
-  std::atomic<std::uint32_t> consumer_sleeping;  // futex word: 1 while the consumer may sleep
+  std::atomic<std::uint32_t> consumer_sleeping;  // futex word: 1 (or 2, see kSleepingSecond) while the consumer may sleep
   std::atomic<std::uint32_t> producer_sleeping;  // futex word: 1 while the producer may sleep
   std::atomic<std::uint32_t> producer_closed;    // 1 once the producer closed (no more data)
   std::atomic<std::uint32_t> consumer_closed;    // 1 once the consumer closed (no more reads)

@@ -11,6 +11,7 @@
 
 #include "ferry/error.hpp"
 #include "ferry/shm/futex.hpp"
+#include "ferry/shm/layout.hpp"
 
 namespace ferry::shm {
 
@@ -80,17 +81,21 @@ inline Clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexce
 namespace detail {
 
 /// Wakes the side sleeping on `flag`, if it announced it sleeps: through the futex, or through
-/// `wake_fd` (an eventfd) when the sleeper waits in an event loop. The caller has just made
-/// its progress visible with a seq_cst store (a position or a closed flag).
-inline void wake_if_sleeping(std::atomic<std::uint32_t>& flag, int wake_fd = -1) noexcept {
+/// `wake_fd` (an eventfd) when the sleeper waits in an event loop, or `second_fd` when it
+/// announced layout::kSleepingSecond. The caller has just made its progress visible with a
+/// seq_cst store (a position or a closed flag).
+inline void wake_if_sleeping(std::atomic<std::uint32_t>& flag, int wake_fd = -1, int second_fd = -1) noexcept {
   // sync(ring.wake) seq_cst load: pairs with the sleeper's seq_cst store of 1 in
   // wait_until(). With the caller's preceding seq_cst store, either we see 1 here or the
   // sleeper's seq_cst re-check sees our progress: no lost wake-up.
   if (flag.load(std::memory_order_seq_cst) == 0) return;
   // sync(ring.wake) seq_cst exchange: resetting the word makes a sleeper that has not yet
   // entered futex_wait return at once (the kernel compares the word with 1).
-  if (flag.exchange(0, std::memory_order_seq_cst) == 0) return;
-  if (wake_fd >= 0) {
+  const std::uint32_t was = flag.exchange(0, std::memory_order_seq_cst);
+  if (was == 0) return;
+  if (was == layout::kSleepingSecond && second_fd >= 0) {
+    eventfd_notify(second_fd);
+  } else if (wake_fd >= 0) {
     eventfd_notify(wake_fd);
   } else {
     futex_wake(flag, 1);

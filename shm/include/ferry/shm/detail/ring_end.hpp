@@ -32,9 +32,13 @@ class RingEnd {
   [[nodiscard]] std::uint64_t capacity() const noexcept { return m_capacity; }
 
   /// The peer waits in an event loop (see announce_sleep()) on this eventfd, not on the
-  /// segment's futex: wake it by writing there. -1 (the default): the futex. The descriptor
-  /// must stay open while this end is used.
-  void set_peer_wake_fd(int fd) noexcept { m_peer_wake_fd = fd; }
+  /// segment's futex: wake it by writing there. -1 (the default): the futex. A peer with two
+  /// waiting threads gives a second eventfd, written when it announced kSleepingSecond. The
+  /// descriptors must stay open while this end is used.
+  void set_peer_wake_fd(int fd, int second_fd = -1) noexcept {
+    m_peer_wake_fd = fd;
+    m_peer_wake_fd2 = second_fd;
+  }
 
  protected:
   RingEnd(Segment& segment, RingKind kind, Role role, const WaitOptions& wait);
@@ -69,6 +73,7 @@ class RingEnd {
   std::uint64_t m_align_mask;  // kRecordAlign - 1 in the byte ring, 0 in the typed ring
   WaitOptions m_wait;
   int m_peer_wake_fd = -1;  // eventfd the peer sleeps on, or -1: the futex
+  int m_peer_wake_fd2 = -1;  // eventfd for a peer asleep with kSleepingSecond, or -1
   bool m_closed = false;  // this end called close(): every operation reports closed
 };
 
@@ -112,7 +117,7 @@ class ProducerEnd : public RingEnd {
     m_ctl->producer.write_pos.store(m_write_pos, std::memory_order_seq_cst);
     m_published_pos = m_write_pos;
     m_unpublished = 0;
-    wake_if_sleeping(m_ctl->wait.consumer_sleeping, m_peer_wake_fd);
+    wake_if_sleeping(m_ctl->wait.consumer_sleeping, m_peer_wake_fd, m_peer_wake_fd2);
   }
 
   // After a commit: publish at batch boundaries, at half a ring of unpublished data, or
@@ -224,12 +229,13 @@ class ConsumerEnd : public RingEnd {
   /// consumer sleeps and re-checks. False (the announcement withdrawn): a record or the close
   /// is already visible; read again. True: the producer's next publication or close wakes
   /// this side, through the futex or the eventfd the producer end was given
-  /// (set_peer_wake_fd()). Call end_sleep() once awake.
-  [[nodiscard]] bool announce_sleep() noexcept {
+  /// (set_peer_wake_fd()). Call end_sleep() once awake. second: wake the producer's second
+  /// descriptor instead (another thread of this side waits on it).
+  [[nodiscard]] bool announce_sleep(bool second = false) noexcept {
     flush();
     // sync(ring.wake) seq_cst store: as the sleeper's store in wait_until(); partner of the
     // producer's seq_cst store of write_pos, then load of consumer_sleeping.
-    m_ctl->wait.consumer_sleeping.store(1, std::memory_order_seq_cst);
+    m_ctl->wait.consumer_sleeping.store(second ? layout::kSleepingSecond : 1, std::memory_order_seq_cst);
     // sync(ring.wake) seq_cst loads: the re-check of wait_for_data().
     if (m_ctl->producer.write_pos.load(std::memory_order_seq_cst) != m_read_pos ||
         m_ctl->wait.producer_closed.load(std::memory_order_seq_cst) != 0) {
@@ -270,7 +276,7 @@ class ConsumerEnd : public RingEnd {
     m_ctl->consumer.read_pos.store(m_read_pos, std::memory_order_seq_cst);
     m_stored_read_pos = m_read_pos;
     m_dirty = false;
-    wake_if_sleeping(m_ctl->wait.producer_sleeping, m_peer_wake_fd);
+    wake_if_sleeping(m_ctl->wait.producer_sleeping, m_peer_wake_fd, m_peer_wake_fd2);
   }
 
   // Reloads the producer's published position when everything up to the cached one was
