@@ -23,6 +23,7 @@
 #include <boost/asio.hpp>
 
 #include <fcntl.h>
+#include <time.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -55,6 +56,22 @@ namespace {
 namespace asio = boost::asio;
 using local_socket = asio::local::stream_protocol::socket;
 using Clock = std::chrono::steady_clock;
+
+/// The time stamps of the keep-alive check, taken on every read and write: CLOCK_MONOTONIC_COARSE
+/// costs a memory read where steady_clock costs a clock read (tens of ns in a VM, per message);
+/// its few milliseconds of resolution are far below any keep-alive setting.
+struct StampClock {
+  using duration = std::chrono::nanoseconds;
+  using rep = duration::rep;
+  using period = duration::period;
+  using time_point = std::chrono::time_point<StampClock>;
+  static constexpr bool is_steady = true;
+  static time_point now() noexcept {
+    timespec ts{};
+    (void)::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+  }
+};
 using boost::system::error_code;
 using Done = AsioTransport::Done;
 using ferry::shm::ByteRing;
@@ -328,7 +345,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   std::atomic<bool> m_poisoned{false};  // a reader in get() met bad input: the strand fails
   std::atomic<bool> m_resume_pending{false};  // resume_reading() came: the next holder resumes
   // relaxed everywhere: a time stamp for the keep-alive check, set by whichever thread read.
-  std::atomic<Clock::rep> m_last_rx{0};
+  std::atomic<StampClock::rep> m_last_rx{0};
 
   // Writer (the role's holder).
   LinkWriter m_writer;
@@ -340,7 +357,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   // sync(shm.open) release in run(), acquire in write_inline(): the rings are set up.
   std::atomic<bool> m_open{false};
   // relaxed everywhere: a time stamp for the keep-alive timer, set by whichever thread wrote.
-  std::atomic<Clock::rep> m_last_tx{0};
+  std::atomic<StampClock::rep> m_last_tx{0};
 };
 
 class ShmTransport final : public AsioTransport {
@@ -592,7 +609,7 @@ void Connection::handshake_failed(Failure f) {
 
 void Connection::run() {
   m_running = true;
-  const auto now = Clock::now().time_since_epoch().count();
+  const auto now = StampClock::now().time_since_epoch().count();
   // relaxed: see m_last_rx.
   m_last_rx.store(now, std::memory_order_relaxed);
   // relaxed: see m_last_tx.
@@ -713,7 +730,7 @@ Connection::Consumed Connection::consume(unsigned max_records, Errc& e, std::str
     if (++records % kRecordsPerRound == 0) m_reader.end_round(false, true);
   }
   // relaxed: see m_last_rx.
-  if (got) m_last_rx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  if (got) m_last_rx.store(StampClock::now().time_since_epoch().count(), std::memory_order_relaxed);
   // A bounded read (get()'s) settles its round as an idle one, acknowledging what it took:
   // the rest waits for the next get(), and the peer must not wait for that ack meanwhile.
   if (result != Consumed::paused) m_reader.end_round(result == Consumed::empty || max_records != 0, true);
@@ -919,7 +936,7 @@ Connection::WriteResult Connection::write_batch() {
 void Connection::finish_write() {
   m_writer.pending = false;
   // relaxed: see m_last_tx.
-  m_last_tx.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  m_last_tx.store(StampClock::now().time_since_epoch().count(), std::memory_order_relaxed);
   m_session->written(m_writer.record);
 }
 
@@ -1012,10 +1029,10 @@ void Connection::do_write() {
 
 void Connection::on_tick() {
   if (m_failed) return;
-  const auto now = Clock::now();
+  const auto now = StampClock::now();
   const auto& c = m_transport.conn();
   // relaxed: see m_last_rx.
-  const Clock::time_point last_rx{Clock::duration(m_last_rx.load(std::memory_order_relaxed))};
+  const StampClock::time_point last_rx{StampClock::duration(m_last_rx.load(std::memory_order_relaxed))};
   bool reading = true;  // a paused reader, or one in get() right now, is not a silent peer
   if (now - last_rx >= c.keepalive_timeout && claim_reader(false)) {
     reading = m_reader.paused();
@@ -1025,7 +1042,7 @@ void Connection::on_tick() {
     return fail(Errc::peer_lost, "no frame from " + m_remote + " for " + std::to_string(c.keepalive_timeout.count()) + " ms");
   }
   // relaxed: see m_last_tx.
-  if (now - Clock::time_point(Clock::duration(m_last_tx.load(std::memory_order_relaxed))) >= c.keepalive_interval) {
+  if (now - StampClock::time_point(StampClock::duration(m_last_tx.load(std::memory_order_relaxed))) >= c.keepalive_interval) {
     m_writer.want_keepalive();
     kick();
   }
