@@ -9,6 +9,7 @@
 #include "bench_comm.hpp"
 #include "bench_util.hpp"
 #include "support/tls_certs.hpp"
+#include "ferry/shm/wait.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -421,6 +422,8 @@ struct CommRoleArgs {
   std::size_t ring_size = std::size_t{1} << 20;
   std::string host = "127.0.0.1";  // server: the address it listens on (tcp, tls, auto)
   int shm_spin_us = -1;            // ShmOptions::spin; -1: the default
+  bool sleeping = false;           // server: sleep at once (no spin, no poll), whatever the above say
+  double interval_us = 0;          // client, pingpong: busy-waits this long before each round trip
   int timeout = 30;
 };
 
@@ -431,6 +434,10 @@ Options role_options(const CommRoleArgs& a) {
   o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
   o.shm.ring_size = a.ring_size;
   if (a.shm_spin_us >= 0) o.shm.spin = std::chrono::microseconds(a.shm_spin_us);
+  if (a.sleeping) {
+    o.receive_spin = std::chrono::microseconds(0);
+    o.shm.spin = std::chrono::microseconds(0);
+  }
   return o;
 }
 
@@ -567,7 +574,12 @@ int comm_client_role(const CommRoleArgs& a) {
     std::vector<std::int64_t> rtt;
     rtt.reserve(a.count);
     watchdog.phase("in round trips");
+    const auto gap = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::micro>(a.interval_us));
     for (std::uint64_t i = 0; i < a.warmup + a.count; ++i) {
+      if (gap.count() > 0) {  // busy: the peer goes to sleep, this side stays awake
+        const auto until = Clock::now() + gap;
+        while (Clock::now() < until) ferry::shm::cpu_relax();
+      }
       const auto t0 = Clock::now();
       (void)client.put(payload());
       const Message reply = get_within(client, timeout, watchdog);
@@ -626,6 +638,8 @@ struct CommArgs {
   std::string server_host = "127.0.0.1";
   std::string server_prefix;  // a command the server process runs under (ip netns exec ...)
   int shm_spin_us = -1;
+  bool sleeping_server = false;
+  double interval_us = 0;
   std::size_t asio_batch = 1;
   int timeout = 30;
   bool json_out = false;
@@ -634,7 +648,7 @@ struct CommArgs {
 // How long a driver waits for a run's results: the run itself plus the processes' own
 // stall timeouts (their watchdogs end them first).
 Clock::time_point result_deadline(const CommArgs& a) {
-  const double run = a.pingpong ? static_cast<double>(a.count + a.warmup) * 1e-3 : a.seconds;
+  const double run = a.pingpong ? static_cast<double>(a.count + a.warmup) * (1e-3 + a.interval_us * 1e-6) : a.seconds;
   return Clock::now() + seconds_to_duration(run + 4.0 * a.timeout);
 }
 
@@ -663,6 +677,7 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
     server_args.push_back(self_exe().string());
   }
   server_args.insert(server_args.end(), {"comm-server", "--host", a.server_host});
+  if (a.sleeping_server) server_args.push_back("--sleeping");
   server_args.insert(server_args.end(), common.begin(), common.end());
   Process server({.name = "the Ferry server process",
                   .program = program,
@@ -676,7 +691,7 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
   }
   std::vector<std::string> client_args{
       "comm-client", "--endpoint", listening->substr(10), "--seconds", std::to_string(a.seconds),
-      "--payload",   a.payload};
+      "--payload",   a.payload, "--interval-us", std::to_string(a.interval_us)};
   client_args.insert(client_args.end(), common.begin(), common.end());
   Process client({.name = "the Ferry client process",
                   .program = self_exe(),
@@ -1519,6 +1534,11 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->capture_default_str();
   comm_cmd->add_option("--shm-spin", comm->shm_spin_us, "ShmOptions::spin in microseconds (0: sleep at once)")
       ->check(CLI::Range(-1, 10'000));
+  comm_cmd->add_option("--interval-us", comm->interval_us,
+                       "--pingpong: the client busy-waits this long before each round trip (so a sleeping server sleeps)")
+      ->check(CLI::NonNegativeNumber);
+  comm_cmd->add_flag("--sleeping-server", comm->sleeping_server,
+                     "the server sleeps at once (receive spin and shm spin 0); the client keeps its settings");
   comm_cmd->add_option("--server-host", comm->server_host, "address the Ferry server listens on (tcp, tls, auto)")
       ->capture_default_str();
   comm_cmd->add_option("--server-prefix", comm->server_prefix,
@@ -1543,6 +1563,8 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
     cmd->add_option("--timeout", role->timeout);
   }
   client_cmd->add_option("--endpoint", role->endpoint)->required();
+  server_cmd->add_flag("--sleeping", role->sleeping);
+  client_cmd->add_option("--interval-us", role->interval_us);
   client_cmd->add_option("--seconds", role->seconds);
   client_cmd->add_option("--payload", role->payload);
 
