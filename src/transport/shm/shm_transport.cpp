@@ -65,7 +65,6 @@ struct StampClock {
   using rep = duration::rep;
   using period = duration::period;
   using time_point = std::chrono::time_point<StampClock>;
-  static constexpr bool is_steady = true;
   static time_point now() noexcept {
     timespec ts{};
     (void)::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
