@@ -4,9 +4,12 @@
 
 #include <linux/futex.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstddef>
 #include <ctime>
 
 namespace ferry::shm {
@@ -29,7 +32,10 @@ void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept {
             nullptr, 0);
 }
 
-void eventfd_notify(int fd) noexcept {
+void wake_fd_notify(int fd) noexcept {
+  const std::byte b{1};
+  // EAGAIN (the peer's queue full) still leaves its end readable: the peer wakes.
+  if (::send(fd, &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0 || errno != ENOTSOCK) return;
   // EAGAIN (the counter at its maximum) still leaves the descriptor readable: the peer wakes.
   (void)::eventfd_write(fd, 1);
 }

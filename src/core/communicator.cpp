@@ -102,7 +102,16 @@ bool CommunicatorImpl::poll_links(const LinkList& links, bool last, WakeFds* wak
     if (!l) continue;
     int fd = -1;
     if (l->poll_receive(last, wake_fds != nullptr ? &fd : nullptr)) any = true;
-    if (fd >= 0) wake_fds->push_back(fd);
+    // A full list (more than 4 links) allocates: should that throw, this link is handed back
+    // at once, and the caller's HandBack returns the ones before it.
+    if (fd >= 0) {
+      try {
+        wake_fds->push_back(fd);
+      } catch (...) {
+        (void)l->poll_receive(true);
+        throw;
+      }
+    }
   }
   if (any) notify_getters(true);  // other threads in get() may take the rest
   return any;
@@ -124,26 +133,6 @@ void CommunicatorImpl::sleep_on_links(std::unique_lock<std::mutex>& lock, const 
                                       std::chrono::steady_clock::time_point deadline) {
   using Clock = std::chrono::steady_clock;
   const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };
-  // Polls the links again without the lock: reads what woke us and gives each link its
-  // wake-up back. Also on the way out by an exception: a peer must never be left waking a
-  // descriptor nobody waits on.
-  struct HandBack {
-    CommunicatorImpl& self;
-    const LinkList& links;
-    WakeFds& fds;
-    std::unique_lock<std::mutex>& lock;
-    ~HandBack() {
-      if (fds.empty()) return;
-      fds.clear();
-      const bool locked = lock.owns_lock();
-      if (locked) lock.unlock();
-      try {
-        self.poll_links(links, true);
-      } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the transport's threads read on
-      }
-      if (locked) lock.lock();
-    }
-  } hand_back{*this, links, fds, lock};
   std::array<pollfd, 1 + 16> pfds{};
   while (!fds.empty() && !ready()) {
     const auto now = Clock::now();
@@ -161,24 +150,46 @@ void CommunicatorImpl::sleep_on_links(std::unique_lock<std::mutex>& lock, const 
       ts.tv_sec = static_cast<time_t>(left / 1'000'000'000);
       ts.tv_nsec = static_cast<long>(left % 1'000'000'000);
     }
-    if (::ppoll(pfds.data(), n + 1, forever ? nullptr : &ts, nullptr) > 0) {
-      for (std::size_t i = 0; i <= n; ++i) {
-        eventfd_t value = 0;
-        // EAGAIN: another thread took the count (m_wake_fd gives each count to one thread).
-        if ((pfds[i].revents & POLLIN) != 0) (void)::eventfd_read(pfds[i].fd, &value);
-      }
+    const int r = ::ppoll(pfds.data(), n + 1, forever ? nullptr : &ts, nullptr);
+    const int err = errno;
+    if (r > 0 && (pfds[0].revents & POLLIN) != 0) {
+      eventfd_t value = 0;
+      // EAGAIN: another thread took the count (m_wake_fd gives each count to one thread). The
+      // links' descriptors are emptied by the links when they are handed back.
+      (void)::eventfd_read(m_wake_fd, &value);
     }
     lock.lock();
     // relaxed: as above.
     m_fd_sleepers.fetch_sub(1, std::memory_order_relaxed);
     if (ready()) break;
+    if (r < 0 && err != EINTR) {  // cannot sleep this way: the condition variable then
+      lock.unlock();
+      hand_back(links, fds);
+      lock.lock();
+      break;
+    }
     lock.unlock();
-    fds.clear();
-    // Reads what woke us; if nothing came, the links hand this thread their wake-ups again.
+    hand_back(links, fds);  // reads what woke us
+    // If nothing came, the links hand this thread their wake-ups again.
     poll_links(links, true, &fds);
     lock.lock();
   }
-  // hand_back: the links read again and get their wake-ups back (the lock is released meanwhile).
+}
+
+void CommunicatorImpl::hand_back(const LinkList& links, WakeFds& fds) noexcept {
+  if (fds.empty()) return;
+  fds.clear();
+  // Every link, even after one throws: a peer must never be left waking a descriptor nobody
+  // waits on.
+  bool any = false;
+  for (const auto& l : links) {
+    if (!l) continue;
+    try {
+      if (l->poll_receive(true)) any = true;
+    } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the strand reads what this could not
+    }
+  }
+  if (any) notify_getters(true);  // what it read may be for other threads in get() too
 }
 
 std::string CommunicatorImpl::local_endpoint() const { return m_transport->local_endpoint(); }
@@ -321,6 +332,12 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
   // The last poll may hand this thread the links' wake-ups: it then sleeps on them itself, so a
   // message from a peer costs one wake-up (this thread's), not the transport thread's first.
   WakeFds fds;
+  struct HandBack {  // on every way out, with m_rx_mutex released
+    CommunicatorImpl& self;
+    const LinkList& links;
+    WakeFds& fds;
+    ~HandBack() { self.hand_back(links, fds); }
+  } hand_back_on_exit{*this, links, fds};
   const bool may_sleep = timeout > std::chrono::nanoseconds::zero();
   poll_links(links, true, may_sleep && !links.empty() ? &fds : nullptr);
   std::unique_lock lock(m_rx_mutex);

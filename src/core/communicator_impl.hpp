@@ -110,6 +110,9 @@ class CommunicatorImpl {
   /// wake-ups back on return. lock holds m_rx_mutex on entry and on return.
   void sleep_on_links(std::unique_lock<std::mutex>& lock, const LinkList& links, WakeFds& fds,
                       std::chrono::steady_clock::time_point deadline);
+  /// Polls each link of a get() that slept on fds (non-empty) with last true: reads what came
+  /// and gives the links their wake-ups back; clears fds. Never throws; m_rx_mutex not held.
+  void hand_back(const LinkList& links, WakeFds& fds) noexcept;
   /// Wakes threads in get(): one (a message arrived) or all (what they wait for changed).
   void notify_getters(bool all);
 

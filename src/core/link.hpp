@@ -27,9 +27,9 @@ class Link {
   /// series of polls ends with a call with last true.
   /// wake_fd (with last, from a get() about to sleep): when nothing arrived, the link may
   /// arrange that the peer's next message makes this descriptor readable instead of waking
-  /// the transport's thread, and set *wake_fd to it (else -1). The caller then sleeps on it
-  /// itself, reads it once readable (it counts wake-ups) and, awake for whatever reason,
-  /// polls again with last true and no wake_fd, which hands the wake-up back.
+  /// the transport's thread, and set *wake_fd to it (else -1). The caller then sleeps until it
+  /// is readable and, awake for whatever reason, polls again with last true and no wake_fd,
+  /// which hands the wake-up back (and empties the descriptor: the caller never reads it).
   virtual bool poll_receive(bool last, int* wake_fd = nullptr) {
     (void)last;
     if (wake_fd != nullptr) *wake_fd = -1;

@@ -6,6 +6,7 @@
 
 #include <ferry/ferry.hpp>
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -544,6 +545,9 @@ TEST_F(OtherNamespace, ItsClientIsServedOverTcpWhileALocalOneUsesSharedMemory) {
 /// what a buggy or hostile client might.
 class RawShmClient {
  public:
+  /// The server hands over two rings and four wake-up sockets: [2] and [4] wake the server
+  /// (its event loop, its get()), [3] and [5] are this client's to wait on.
+  static constexpr int kFds = 6;
   explicit RawShmClient(const fs::path& path) : m_fd(::socket(AF_UNIX, SOCK_STREAM, 0)) {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
@@ -562,7 +566,7 @@ class RawShmClient {
     if (::send(m_fd, h.data(), h.size(), MSG_NOSIGNAL) != 64) throw std::runtime_error("send");
     std::array<std::byte, 64> reply{};
     iovec iov{reply.data(), reply.size()};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kFds)];
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -570,7 +574,7 @@ class RawShmClient {
     msg.msg_controllen = sizeof control;
     if (::recvmsg(m_fd, &msg, MSG_CMSG_CLOEXEC) != 64) throw std::runtime_error("recvmsg");
     const cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    if (c == nullptr || c->cmsg_len != CMSG_LEN(sizeof(int) * 4)) throw std::runtime_error("no descriptors");
+    if (c == nullptr || c->cmsg_len != CMSG_LEN(sizeof(int) * kFds)) throw std::runtime_error("no descriptors");
     std::memcpy(m_fds, CMSG_DATA(c), sizeof m_fds);
     m_segment.emplace(shm::Segment::open_fd(m_fds[0], shm::ByteRing::spec(0)));
   }
@@ -601,6 +605,18 @@ class RawShmClient {
     const std::uint64_t one = 1;
     (void)::write(m_fds[2], &one, sizeof one);
   }
+  /// A hostile peer's tricks on the descriptors it shares with the server: clears O_NONBLOCK
+  /// on each, floods the server's wake-up sockets, and reads from its own.
+  void meddle() {
+    for (const int fd : m_fds) (void)::fcntl(fd, F_SETFL, 0);
+    const std::array<std::byte, 8> b{};
+    for (int i = 0; i < 100; ++i) {
+      (void)::send(m_fds[2], b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      (void)::send(m_fds[4], b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    std::array<std::byte, 64> sink{};
+    for (const int fd : {m_fds[2], m_fds[3], m_fds[4], m_fds[5]}) (void)::recv(fd, sink.data(), sink.size(), MSG_DONTWAIT);
+  }
   /// True when the server closed the socket within 5 s.
   bool closed_by_server() const {
     timeval tv{5, 0};
@@ -611,10 +627,54 @@ class RawShmClient {
 
  private:
   int m_fd;
-  int m_fds[4] = {-1, -1, -1, -1};
+  int m_fds[kFds] = {-1, -1, -1, -1, -1, -1};
   std::optional<shm::Segment> m_segment;
   std::optional<shm::ByteRing::Producer> m_producer;
 };
+
+TEST(ShmBadInput, AClientMeddlingWithItsWakeUpDescriptorsCannotStallTheServer) {
+  // The descriptors a client shares with the server are not the server's to trust: a blocking
+  // flag it sets or a flood of wake-ups must not make a server thread (or a get()) block.
+  TempDir dir;
+  const std::string name = unique_name("meddle");
+  Options so = shm_options(name, dir.path());
+  so.shm.spin = 0us;  // every get() sleeps on its rings' wake-ups
+  so.connection.close_timeout = 500ms;  // the raw client never answers the close
+  auto server = open(Purpose::server, so);
+  Options co = shm_options(name, dir.path());
+  co.shm.spin = 0us;
+  auto good = open(Purpose::client, co);
+  const fs::path path = dir.path() / (name + ".sock");
+  RawShmClient raw(path);
+  std::atomic<bool> stop{false};
+  std::thread meddler([&] {
+    while (!stop.load()) {
+      raw.meddle();
+      std::this_thread::sleep_for(100us);
+    }
+  });
+  std::thread echo([&] {
+    for (int i = 0; i < 300; ++i) {
+      auto m = server.get_for(kWait);
+      if (!m) return;
+      (void)server.put(std::move(m->data), m->peer);
+    }
+  });
+  for (int i = 0; i < 300; ++i) {
+    good.put(std::string("ping"));
+    const auto reply = good.get_for(kWait);
+    ASSERT_TRUE(reply.has_value()) << "round trip " << i;
+    EXPECT_EQ(reply->text(), "ping");
+  }
+  echo.join();
+  // A get() that times out returns on time with the wake-ups flooded.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(server.get_for(50ms).has_value());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, kWait);
+  stop = true;
+  meddler.join();
+  server.close();
+}
 
 TEST(ShmBadInput, GarbageInTheRingDropsThatClientOnly) {
   TempDir dir;

@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 // The shared-memory transport. A server listens on a Unix socket (the rendezvous); for each
 // client it checks the peer's credentials, creates two byte rings in anonymous memory (memfd,
-// hugepages when available) and four eventfds, and hands the six descriptors over the socket
+// hugepages when available) and four wake-up sockets, and hands the six descriptors over the socket
 // with its hello. Frames then travel through the rings; the socket stays open only as the
 // peer-death signal (its EOF). Nothing is ever named in /dev/shm, so nothing is left there
 // after a crash of either side.
 //
 // Waiting: a side that finds its ring empty (or its peer's ring full) polls briefly, then
-// announces that it sleeps in the ring's wait line and waits for its eventfd in the event
-// loop. The other side writes that eventfd only when the announcement is up, so a stream
+// announces that it sleeps in the ring's wait line and waits for its wake-up socket in the
+// event loop. The other side sends on it only when the announcement is up, so a stream
 // makes no system call per message, and an idle server with many clients sleeps in one
 // epoll_wait (Asio's), with no thread and no spinning per client. A thread in get() about to
-// sleep announces its own eventfd instead (the ring's wait word says which), so the peer's
+// sleep announces its own wake-up socket instead (the ring's wait word says which), so the peer's
 // next message wakes that thread directly: one wake-up per message, not the event loop's
 // and then get()'s.
 //
@@ -25,7 +25,6 @@
 #include <fcntl.h>
 #include <time.h>
 #include <sched.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -78,8 +77,9 @@ using ferry::shm::Segment;
 using ShmStatus = ferry::shm::Status;
 
 /// Descriptors handed from the server to the client with its hello, in this order.
-/// Each side has two eventfds its peer writes: the event loop's, and the one a thread in get()
-/// sleeps on when it announced so in the ring (layout::kSleepingSecond).
+/// Each side has two wake-up channels (see WakeChannel): the event loop's, and the one a thread
+/// in get() sleeps on when it announced so in the ring (layout::kSleepingSecond). The client
+/// gets the waker's end of the server's channels and the sleeper's end of its own.
 enum FdIndex : std::size_t {
   kClientToServer,
   kServerToClient,
@@ -140,18 +140,40 @@ class Fd {
   int m_fd = -1;
 };
 
-Fd make_eventfd() {
-  const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (fd < 0) throw Error(Errc::unavailable, std::string("eventfd: ") + std::strerror(errno));
-  return Fd(fd);
+/// One wake-up channel: a datagram socket pair. The sleeper keeps one end and waits for it to
+/// be readable; the waker sends a byte on the other (ferry::shm::wake_fd_notify()). Sockets,
+/// not eventfds: both sides would share an eventfd's file status flags, so a hostile peer
+/// could clear O_NONBLOCK and have our next read or write block. MSG_DONTWAIT makes each call
+/// non-blocking whatever the flags, and each end is its own open file description.
+struct WakeChannel {
+  Fd sleeper;
+  Fd waker;
+};
+
+WakeChannel make_wake_channel() {
+  std::array<int, 2> sv{-1, -1};
+  if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv.data()) != 0) {
+    throw Error(Errc::unavailable, std::string("socketpair: ") + std::strerror(errno));
+  }
+  return {Fd(sv[0]), Fd(sv[1])};
 }
 
-/// True when fd is an eventfd (a descriptor from the peer is checked before use).
-bool is_eventfd(int fd) {
-  std::array<char, 64> target{};
-  const std::string link = "/proc/self/fd/" + std::to_string(fd);
-  const ssize_t n = ::readlink(link.c_str(), target.data(), target.size() - 1);
-  return n > 0 && std::string_view(target.data(), static_cast<std::size_t>(n)) == "anon_inode:[eventfd]";
+/// True when fd is a Unix datagram socket (a descriptor from the peer is checked before use).
+bool is_wake_socket(int fd) {
+  int type = 0;
+  int domain = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_DGRAM) return false;
+  len = sizeof domain;
+  return ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_UNIX;
+}
+
+/// Takes one wake-up from a sleeper's end. A peer sends one per sleep we announce (its
+/// exchange of the ring's wait word lets one waker through), so one receive empties the end;
+/// extra datagrams from a misbehaving peer only cost a spurious wake-up each.
+void drain_wake(int fd) noexcept {
+  std::array<std::byte, 16> sink{};
+  (void)::recv(fd, sink.data(), sink.size(), MSG_DONTWAIT);
 }
 
 /// Sends bytes with descriptors attached (SCM_RIGHTS), non-blocking. False: errno set.
@@ -269,7 +291,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void on_event();
   void arm_socket();
   void on_socket_readable();
-  /// Strand: reads until the ring is empty (spinning a little), then sleeps on the eventfd.
+  /// Strand: reads until the ring is empty (spinning a little), then sleeps on its wake-up socket.
   void read_ring();
   /// The reader role. claim_reader() on the strand also asks a holder to hand back.
   bool claim_reader(bool strand) noexcept;
@@ -328,6 +350,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   Fd m_peer_getter_event;                         // the peer's get() sleeps on it: we write it
   std::optional<asio::posix::stream_descriptor> m_event;  // we sleep on it
   Fd m_getter_event;  // a thread in our get() sleeps on it (poll_receive()); kept until the end
+  bool m_getter_armed = false;  // the reader role's: m_getter_event was handed to a get()
   std::optional<Segment> m_tx_segment;
   std::optional<Segment> m_rx_segment;
   std::optional<ByteRing::Producer> m_tx;  // the writer role's
@@ -352,7 +375,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   std::size_t m_wi = 0;       // buffer being copied
   std::size_t m_woff = 0;     // offset in it
   std::size_t m_wleft = 0;    // bytes of the batch not yet in the ring
-  bool m_write_blocked = false;  // strand: the ring is full, the role waits for the eventfd
+  bool m_write_blocked = false;  // strand: the ring is full, the role waits for the wake-up
   // sync(shm.open) release in run(), acquire in write_inline(): the rings are set up.
   std::atomic<bool> m_open{false};
   // relaxed everywhere: a time stamp for the keep-alive timer, set by whichever thread wrote.
@@ -483,19 +506,21 @@ void Connection::on_client_hello() {
     if (decoded == Errc::version_mismatch) return refuse(decoded, why);
     return handshake_failed({decoded, "handshake with " + m_remote + ": " + why});
   }
-  // The rings and eventfds first: a failure refuses the client before a session exists.
+  // The rings and wake-up channels first: a failure refuses the client before a session exists.
   const ShmOptions& opt = m_transport.shm();
-  Fd server_event;
-  Fd server_getter_event;
+  WakeChannel server_loop;
+  WakeChannel server_getter;
+  WakeChannel client_loop;
+  WakeChannel client_getter;
   try {
     ferry::shm::SegmentOptions so;
     so.huge_pages = opt.huge_pages ? ferry::shm::HugePages::prefer : ferry::shm::HugePages::off;
     m_rx_segment.emplace(Segment::create_anonymous(ByteRing::spec(opt.ring_size), so));
     m_tx_segment.emplace(Segment::create_anonymous(ByteRing::spec(opt.ring_size), so));
-    server_event = make_eventfd();
-    m_peer_event = make_eventfd();
-    server_getter_event = make_eventfd();
-    m_peer_getter_event = make_eventfd();
+    server_loop = make_wake_channel();
+    server_getter = make_wake_channel();
+    client_loop = make_wake_channel();
+    client_getter = make_wake_channel();
     m_rx.emplace(*m_rx_segment);
     m_tx.emplace(*m_tx_segment, ferry::shm::ProducerOptions{{}, std::numeric_limits<std::uint32_t>::max()});
   } catch (const Error& e) {
@@ -503,10 +528,12 @@ void Connection::on_client_hello() {
   }
   m_detail = describe(*m_tx_segment);
   const std::array<int, kFdCount> fds{m_rx_segment->fd(),         m_tx_segment->fd(),
-                                      server_event.get(),         m_peer_event.get(),
-                                      server_getter_event.get(),  m_peer_getter_event.get()};
-  m_event.emplace(m_strand, server_event.release());
-  m_getter_event = std::move(server_getter_event);
+                                      server_loop.waker.get(),    client_loop.sleeper.get(),
+                                      server_getter.waker.get(),  client_getter.sleeper.get()};
+  m_event.emplace(m_strand, server_loop.sleeper.release());
+  m_getter_event = std::move(server_getter.sleeper);
+  m_peer_event = std::move(client_loop.waker);
+  m_peer_getter_event = std::move(client_getter.waker);
 
   framing::Hello reply;
   std::uint64_t next_expected = 1;
@@ -551,14 +578,14 @@ void Connection::on_server_reply(std::vector<Fd> fds) {
                              "server " + m_remote + " refused the connection: " + m_transport.refusal(hello)});
   }
   // Everything from the server is checked before use: six descriptors, two ring segments of
-  // a sane size, four eventfds.
+  // a sane size, four wake-up sockets.
   const auto bad = [&](const std::string& what) {
     handshake_failed({Errc::protocol_error, "handshake with " + m_remote + ": " + what});
   };
   if (fds.size() != kFdCount) return bad("expected " + std::to_string(kFdCount) + " descriptors, got " + std::to_string(fds.size()));
   for (const std::size_t i : {std::size_t{kServerEvent}, std::size_t{kClientEvent}, std::size_t{kServerGetterEvent},
                               std::size_t{kClientGetterEvent}}) {
-    if (!is_eventfd(fds[i].get())) return bad("the wake-up descriptors are not eventfds");
+    if (!is_wake_socket(fds[i].get())) return bad("the wake-up descriptors are not Unix datagram sockets");
   }
   // Only a sealed memfd cannot be shrunk under us (a SIGBUS on the next access).
   for (const std::size_t i : {std::size_t{kClientToServer}, std::size_t{kServerToClient}}) {
@@ -637,8 +664,7 @@ void Connection::arm_event() {
 }
 
 void Connection::on_event() {
-  eventfd_t value = 0;
-  (void)::eventfd_read(m_event->native_handle(), &value);  // EAGAIN: woken by the other wait
+  drain_wake(m_event->native_handle());
   if (m_write_blocked) continue_write();
   if (m_failed) return;
   read_ring();
@@ -797,6 +823,10 @@ bool Connection::poll_receive(bool last, int* wake_fd) {
   // relaxed: m_poisoned, see read_ring().
   if (!m_open.load(std::memory_order_acquire) || m_poisoned.load(std::memory_order_relaxed)) return false;
   if (!claim_reader(false)) return false;
+  if (m_getter_armed && last && wake_fd == nullptr) {  // a get() hands its wake-up back
+    m_getter_armed = false;
+    drain_wake(m_getter_event.get());
+  }
   apply_resume();
   const std::uint64_t before = m_reader.delivered();
   if (!m_reader.paused() && !m_reader.close_pending()) {
@@ -836,6 +866,7 @@ bool Connection::poll_receive(bool last, int* wake_fd) {
         if (last && wake_fd != nullptr && m_getter_event.get() >= 0) {
           if (m_rx->announce_sleep(true)) {
             *wake_fd = m_getter_event.get();
+            m_getter_armed = true;
           } else {
             // relaxed: as above.
             m_strand_wants_read.store(true, std::memory_order_relaxed);
@@ -1095,7 +1126,7 @@ void Connection::abort() {
 }
 
 void Connection::close_all() {
-  // The rings and the peer's eventfd stay until the destructor: a writer on another thread
+  // The rings and the peer's wake-up socket stay until the destructor: a writer on another thread
   // may still be copying into the ring and waking the peer.
   // sync(shm.open) release: writers that see it hand over to the strand, which drops the role.
   m_open.store(false, std::memory_order_release);

@@ -17,8 +17,10 @@ void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
 /// Wakes up to `count` waiters sleeping on `word`.
 void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept;
 
-/// Adds 1 to the eventfd `fd`: wakes a peer that waits for it in an event loop (epoll)
-/// rather than on a futex (see RingEnd::set_peer_wake_fd()).
-void eventfd_notify(int fd) noexcept;
+/// Wakes a peer that waits for `fd` in an event loop (epoll, poll) rather than on a futex (see
+/// RingEnd::set_peer_wake_fd()). fd is a datagram socket whose other end the peer waits on (a
+/// byte is sent with MSG_DONTWAIT: never blocks, whatever the peer did to the descriptor's
+/// flags), or an eventfd (1 is added; non-blocking only if the descriptor is).
+void wake_fd_notify(int fd) noexcept;
 
 }  // namespace ferry::shm

@@ -81,7 +81,7 @@ inline Clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexce
 namespace detail {
 
 /// Wakes the side sleeping on `flag`, if it announced it sleeps: through the futex, or through
-/// `wake_fd` (an eventfd) when the sleeper waits in an event loop, or `second_fd` when it
+/// `wake_fd` (see wake_fd_notify()) when the sleeper waits in an event loop, or `second_fd` when it
 /// announced layout::kSleepingSecond. The caller has just made its progress visible with a
 /// seq_cst store (a position or a closed flag).
 inline void wake_if_sleeping(std::atomic<std::uint32_t>& flag, int wake_fd = -1, int second_fd = -1) noexcept {
@@ -94,9 +94,9 @@ inline void wake_if_sleeping(std::atomic<std::uint32_t>& flag, int wake_fd = -1,
   const std::uint32_t was = flag.exchange(0, std::memory_order_seq_cst);
   if (was == 0) return;
   if (was == layout::kSleepingSecond && second_fd >= 0) {
-    eventfd_notify(second_fd);
+    wake_fd_notify(second_fd);
   } else if (wake_fd >= 0) {
-    eventfd_notify(wake_fd);
+    wake_fd_notify(wake_fd);
   } else {
     futex_wake(flag, 1);
   }

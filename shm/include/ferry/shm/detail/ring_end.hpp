@@ -31,10 +31,10 @@ class RingEnd {
   /// Capacity in bytes (byte ring) or slots (typed ring).
   [[nodiscard]] std::uint64_t capacity() const noexcept { return m_capacity; }
 
-  /// The peer waits in an event loop (see announce_sleep()) on this eventfd, not on the
-  /// segment's futex: wake it by writing there. -1 (the default): the futex. A peer with two
-  /// waiting threads gives a second eventfd, written when it announced kSleepingSecond. The
-  /// descriptors must stay open while this end is used.
+  /// The peer waits in an event loop (see announce_sleep()) on this descriptor (a datagram
+  /// socket or an eventfd, see wake_fd_notify()), not on the segment's futex. -1 (the
+  /// default): the futex. A peer with two waiting threads gives a second one, used when it
+  /// announced kSleepingSecond. The descriptors must stay open while this end is used.
   void set_peer_wake_fd(int fd, int second_fd = -1) noexcept {
     m_peer_wake_fd = fd;
     m_peer_wake_fd2 = second_fd;
@@ -72,8 +72,8 @@ class RingEnd {
   std::uint64_t m_mask;
   std::uint64_t m_align_mask;  // kRecordAlign - 1 in the byte ring, 0 in the typed ring
   WaitOptions m_wait;
-  int m_peer_wake_fd = -1;  // eventfd the peer sleeps on, or -1: the futex
-  int m_peer_wake_fd2 = -1;  // eventfd for a peer asleep with kSleepingSecond, or -1
+  int m_peer_wake_fd = -1;  // descriptor the peer sleeps on, or -1: the futex
+  int m_peer_wake_fd2 = -1;  // the one for a peer asleep with kSleepingSecond, or -1
   bool m_closed = false;  // this end called close(): every operation reports closed
 };
 
@@ -228,7 +228,7 @@ class ConsumerEnd : public RingEnd {
   /// try_pop() that found the ring empty: publishes what was released, announces that this
   /// consumer sleeps and re-checks. False (the announcement withdrawn): a record or the close
   /// is already visible; read again. True: the producer's next publication or close wakes
-  /// this side, through the futex or the eventfd the producer end was given
+  /// this side, through the futex or the descriptor the producer end was given
   /// (set_peer_wake_fd()). Call end_sleep() once awake. second: wake the producer's second
   /// descriptor instead (another thread of this side waits on it).
   [[nodiscard]] bool announce_sleep(bool second = false) noexcept {
