@@ -140,7 +140,10 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   static void SetUpTestSuite() { s_certs = std::make_unique<testing::TlsCerts>(); }
   static void TearDownTestSuite() { s_certs.reset(); }
 
-  bool tls() const { return GetParam() == "tls"; }
+  bool tls() const { return GetParam() == "tls" || GetParam() == "grpcs"; }
+  /// The raw test socket speaks Ferry's framing straight over TCP or the rendezvous socket:
+  /// not through TLS or gRPC's HTTP/2.
+  bool raw_capable() const { return GetParam() == "tcp" || GetParam() == "shm" || GetParam() == "auto"; }
   bool shm() const { return GetParam() == "shm"; }
   /// A server endpoint no other test uses.
   std::string server_endpoint() const {
@@ -550,7 +553,7 @@ TEST_P(Conformance, ResumesAcrossCutConnectionsWithoutLossOrDuplicates) {
   // TCP: a proxy in between cuts the connections. Shared memory (shm, and auto on one host)
   // has no wire to cut: the server's links are broken from inside (both sides see the socket
   // drop).
-  const bool wire = GetParam() == "tcp" || GetParam() == "tls";
+  const bool wire = GetParam() == "tcp" || GetParam() == "tls" || GetParam() == "grpc" || GetParam() == "grpcs";
   std::optional<testing::TcpProxy> proxy;
   if (wire) proxy.emplace("127.0.0.1", port_of(server));
   auto client = open(Purpose::client, client_options(!wire ? server.local_endpoint()
@@ -655,7 +658,7 @@ TEST_P(Conformance, KilledServerFailsTheClientPromptly) {
 }
 
 TEST_P(Conformance, KeepAliveTimeoutDetectsASilentPeer) {
-  if (tls()) GTEST_SKIP() << "raw socket speaks plain tcp";
+  if (!raw_capable()) GTEST_SKIP() << "the raw socket speaks Ferry's framing over plain tcp or shm, not " << GetParam();
   Options so = server_options();
   so.connection.keepalive_interval = 50ms;
   so.connection.keepalive_timeout = 300ms;
@@ -779,7 +782,7 @@ TEST_P(BadInput, AnnouncedSizeBeyondMemoryIsRefusedNotFatal) {
 }
 
 TEST_P(BadInput, ClientThatNeverReadsKeepsServerMemoryBounded) {
-  if (tls()) GTEST_SKIP() << "raw socket speaks plain tcp";
+  if (!raw_capable()) GTEST_SKIP() << "the raw socket speaks Ferry's framing over plain tcp or shm, not " << GetParam();
   Options so = server_options();
   so.connection.send_queue_bytes = 8 << 20;
   auto server = open(Purpose::server, so);
@@ -861,7 +864,7 @@ TEST_P(Tls, ServerWithWrongHostCertificateIsRefused) {
   EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, co); }), Errc::permission_denied);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls", "shm", "auto"));
+INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls", "shm", "auto", "grpc", "grpcs"));
 INSTANTIATE_TEST_SUITE_P(Transports, BadInput, ::testing::Values("tcp"));
 INSTANTIATE_TEST_SUITE_P(Transports, Tls, ::testing::Values("tls"));
 
