@@ -428,6 +428,9 @@ struct CommRoleArgs {
 };
 
 // The options both roles set from their arguments.
+/// Transports that need the test certificates.
+bool needs_certs(const std::string& transport) { return transport == "tls" || transport == "grpcs"; }
+
 Options role_options(const CommRoleArgs& a) {
   Options o;
   o.workers = a.workers;
@@ -450,7 +453,7 @@ int comm_server_role(const CommRoleArgs& a) {
   Options o = role_options(a);
   o.endpoint = a.transport == "shm" ? "shm://ferry-bench-" + std::to_string(::getpid())
                                     : a.transport + "://" + a.host + ":0";
-  if (a.transport == "tls") {
+  if (needs_certs(a.transport)) {
     o.security.certificate = fs::path(a.cert_dir) / "server.pem";
     o.security.key = fs::path(a.cert_dir) / "server.key";
   }
@@ -526,7 +529,7 @@ int comm_client_role(const CommRoleArgs& a) {
 
   Options o = role_options(a);
   o.endpoint = a.endpoint;
-  if (a.transport == "tls") {
+  if (needs_certs(a.transport)) {
     o.security.ca = fs::path(a.cert_dir) / "ca.pem";
     o.security.server_name = "localhost";
   }
@@ -660,7 +663,7 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
                                   "--ring-size", std::to_string(parse_size(a.ring_size)),
                                   "--shm-spin", std::to_string(a.shm_spin_us),
                                   "--timeout",   std::to_string(a.timeout)};
-  if (a.transport == "tls")
+  if (needs_certs(a.transport))
     common.insert(common.end(), {"--cert-dir", cert_dir.string()});
   if (a.pingpong) {
     common.insert(common.end(), {"--pingpong", "--count", std::to_string(a.count), "--warmup",
@@ -837,7 +840,7 @@ int comm_main(CommArgs a) {
     throw std::runtime_error("comm: nothing left to run");
   const bool with_asio = std::find(impls.begin(), impls.end(), "asio") != impls.end();
   std::optional<ferry::testing::TlsCerts> certs;
-  if (a.transport == "tls")
+  if (needs_certs(a.transport))
     certs.emplace();
   const fs::path cert_dir = certs ? certs->dir() : fs::path();
 
@@ -988,6 +991,14 @@ struct IopsArgs {
   bool announce = false; // hidden: a server prints "listening <url>" first (pair)
 };
 
+/// The scheme an iops run uses: --secure makes tcp tls and grpc grpcs.
+std::string iops_scheme(const IopsArgs& a) {
+  if (a.transport == "grpc" || a.transport == "grpcs") return a.secure ? "grpcs" : "grpc";
+  if (a.transport == "shm" || a.transport == "auto") return a.transport;
+  return a.secure ? "tls" : "tcp";
+}
+
+
 /// iops.py's generate(): views of one buffer of 2**max_size bytes (0, 1, ..., 255, 0, ...):
 /// splits = round((2**max / 2**i) ** step_expo) messages of 2**i bytes for i in
 /// range(min, max, step) when step > 0, then the whole buffer; the list times reps, shuffled
@@ -1038,7 +1049,7 @@ Options iops_options(const IopsArgs& a, Purpose purpose, std::size_t max_message
   if (a.transport == "shm") {
     o.endpoint = "shm://ferry-iops-" + std::to_string(a.port);  // the port number names the rendezvous
   } else {
-    const std::string scheme = a.secure ? "tls" : a.transport == "auto" ? "auto" : "tcp";
+    const std::string scheme = iops_scheme(a);
     o.endpoint = scheme + "://" + host + ":" + std::to_string(a.port);
   }
   o.workers = a.workers;
@@ -1154,7 +1165,7 @@ json iops_result(const IopsArgs& a, const char* purpose, std::uint64_t messages,
   return json{{"bench", "iops"},
               {"purpose", purpose},
               {"mode", a.mode},
-              {"transport", a.secure ? "tls" : a.transport},
+              {"transport", iops_scheme(a)},
               {"seconds", secs},
               {"close_seconds", close_secs},
               {"transfer_bytes", transfer},
@@ -1324,7 +1335,7 @@ std::vector<std::string> iops_role_args(const IopsArgs& a, const std::string& pu
                                         const std::string& cert_dir) {
   char expo[32];
   std::snprintf(expo, sizeof expo, "%.17g", a.step_expo);
-  std::vector<std::string> args{"iops",        a.transport == "tls" ? "tcp" : a.transport,
+  std::vector<std::string> args{"iops",        a.transport == "tls" ? "tcp" : a.transport == "grpcs" ? "grpc" : a.transport,
                                 purpose,       a.mode,
                                 "--min-size",  std::to_string(a.min_size),
                                 "--step-size", std::to_string(a.step_size),
@@ -1383,7 +1394,7 @@ int iops_pair(const IopsArgs& a) {
   if (!a.json_out) {
     std::printf(
         "ferry-bench iops: %s pair %s, %d client%s, %llu messages per client and direction\n",
-        a.secure ? "tls" : a.transport.c_str(), a.mode.c_str(), a.clients, a.clients == 1 ? "" : "s",
+        iops_scheme(a).c_str(), a.mode.c_str(), a.clients, a.clients == 1 ? "" : "s",
         results.back()["messages"].get<unsigned long long>());
   }
   for (const json& r : results) {
@@ -1399,7 +1410,7 @@ int iops_pair(const IopsArgs& a) {
 }
 
 int iops_main(IopsArgs a) {
-  if (a.transport == "tls")
+  if (a.transport == "tls" || a.transport == "grpcs")
     a.secure = true;
   if (a.min_size < 0 || a.max_size < a.min_size || a.max_size > 40) {
     throw CLI::ValidationError("--max-size", "needs 0 <= --min-size <= --max-size <= 40");
@@ -1478,8 +1489,8 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   auto comm = std::make_shared<CommArgs>();
   auto* comm_cmd = app.add_subcommand("comm", "the Communicator over tcp/tls between two "
                                               "processes: streaming or round trips, vs plain Asio");
-  comm_cmd->add_option("--transport", comm->transport, "tcp | tls | shm | auto")
-      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto"}))
+  comm_cmd->add_option("--transport", comm->transport, "tcp | tls | shm | auto | grpc | grpcs")
+      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto", "grpc", "grpcs"}))
       ->capture_default_str();
   comm_cmd->add_option("--size", comm->sizes, "message size(s), e.g. 64 or 64,1K,64K,2M")
       ->delimiter(',')
@@ -1571,9 +1582,9 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   auto iops = std::make_shared<IopsArgs>();
   auto* iops_cmd =
       app.add_subcommand("iops", "net-queue's IOPS test (test/iops.py) over the Communicator");
-  iops_cmd->add_option("transport", iops->transport, "tcp | tls (tls = tcp --secure) | shm | auto")
+  iops_cmd->add_option("transport", iops->transport, "tcp | tls (tls = tcp --secure) | shm | auto | grpc | grpcs (= grpc --secure)")
       ->required()
-      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto"}));
+      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto", "grpc", "grpcs"}));
   iops_cmd
       ->add_option("purpose", iops->purpose,
                    "server | client | pair (this tool starts one server and --clients clients, and "
