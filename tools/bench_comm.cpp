@@ -761,20 +761,22 @@ json run_ring(const CommArgs& a, std::size_t size, const Pin& pin) {
   }
 }
 
-json run_asio(const CommArgs& a, std::size_t size, const Pin& pin, const fs::path& baseline,
-              const fs::path& cert_dir) {
+/// A plain baseline as two processes: ferry-asio-baseline (tcp, tls) or ferry-grpc-baseline
+/// (grpc, grpcs), which share one command line and JSON.
+json run_baseline(const CommArgs& a, std::size_t size, const Pin& pin, const fs::path& baseline,
+                  const fs::path& cert_dir) {
   std::vector<std::string> common{"--json", "--timeout", std::to_string(a.timeout)};
-  if (a.transport == "tls")
+  if (needs_certs(a.transport))
     common.insert(common.end(), {"--tls", "--cert-dir", cert_dir.string()});
   if (a.pingpong)
     common.emplace_back("--pingpong");
   std::vector<std::string> server_args{"server", "--port", "0"};
   server_args.insert(server_args.end(), common.begin(), common.end());
   Process server(
-      {.name = "the Asio baseline server", .program = baseline, .args = server_args, .cpu = pin.b});
+      {.name = "the " + baseline.filename().string() + " server", .program = baseline, .args = server_args, .cpu = pin.b});
   const auto listening = server.read_line(Clock::now() + std::chrono::seconds(a.timeout));
   if (!listening || listening->rfind("listening ", 0) != 0) {
-    throw std::runtime_error("the Asio baseline server failed to start" +
+    throw std::runtime_error("the " + baseline.filename().string() + " server failed to start" +
                              (listening ? ": '" + *listening + "'" : std::string()));
   }
   std::vector<std::string> client_args{"client", "--port", listening->substr(10), "--size",
@@ -788,7 +790,7 @@ json run_asio(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pat
   }
   client_args.insert(client_args.end(), common.begin(), common.end());
   Process client(
-      {.name = "the Asio baseline client", .program = baseline, .args = client_args, .cpu = pin.a});
+      {.name = "the " + baseline.filename().string() + " client", .program = baseline, .args = client_args, .cpu = pin.a});
   const auto deadline = result_deadline(a);
   const json c = read_result(client, deadline);
   const json s = read_result(server, deadline);
@@ -827,14 +829,20 @@ int comm_main(CommArgs a) {
     if (std::find(impls.begin(), impls.end(), impl) == impls.end())
       impls.push_back(impl);
   }
-  const fs::path baseline = self_exe().parent_path() / "ferry-asio-baseline";
-  if (std::find(impls.begin(), impls.end(), "asio") != impls.end() &&
-      ::access(baseline.c_str(), X_OK) != 0) {
-    std::fprintf(
-        stderr,
-        "ferry-bench comm: skipping asio: %s not found (build the target ferry_asio_baseline)\n",
-        baseline.c_str());
-    impls.erase(std::find(impls.begin(), impls.end(), "asio"));
+  // The plain baselines, next to this binary.
+  const auto baseline_of = [](const std::string& impl) {
+    return self_exe().parent_path() / ("ferry-" + impl + "-baseline");
+  };
+  for (const char* impl : {"asio", "grpc"}) {
+    const auto it = std::find(impls.begin(), impls.end(), impl);
+    if (it == impls.end())
+      continue;
+    const fs::path program = baseline_of(impl);
+    if (::access(program.c_str(), X_OK) != 0) {
+      std::fprintf(stderr, "ferry-bench comm: skipping %s: %s not found (build the target ferry_%s_baseline)\n",
+                   impl, program.c_str(), impl);
+      impls.erase(it);
+    }
   }
   if (impls.empty())
     throw std::runtime_error("comm: nothing left to run");
@@ -875,7 +883,7 @@ int comm_main(CommArgs a) {
       for (std::size_t i = 0; i < impls.size(); ++i) { // alternate run by run
         runs[i].push_back(impls[i] == "ferry" ? run_ferry(a, size, pin, cert_dir)
                           : impls[i] == "ring"  ? run_ring(a, size, pin)
-                                                : run_asio(a, size, pin, baseline, cert_dir));
+                                                : run_baseline(a, size, pin, baseline_of(impls[i]), cert_dir));
       }
     }
     const auto med = [&](std::size_t i, const char* key) {
@@ -885,11 +893,11 @@ int comm_main(CommArgs a) {
       return median(v);
     };
     const char* key = a.pingpong ? "p50_ns" : "msgs_per_s";
-    // The baseline: plain Asio for tcp/tls, the raw ring for shm.
+    // The baseline: plain Asio for tcp/tls, the raw ring for shm, plain gRPC for grpc/grpcs.
     double asio_value = 0;
     std::string baseline_name;
     for (std::size_t i = 0; i < impls.size(); ++i) {
-      if (impls[i] == "asio" || impls[i] == "ring") {
+      if (impls[i] == "asio" || impls[i] == "ring" || impls[i] == "grpc") {
         asio_value = med(i, key);
         baseline_name = impls[i];
       }
@@ -1500,10 +1508,11 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->capture_default_str();
   comm_cmd
       ->add_option("--impl", comm->impls,
-                   "ferry | asio (ferry-asio-baseline, next to this binary) | ring (the raw byte "
-                   "ring, for shm); a list runs each, alternating run by run")
+                   "ferry | asio (ferry-asio-baseline, next to this binary, for tcp/tls) | ring (the raw byte "
+                   "ring, for shm) | grpc (ferry-grpc-baseline, a plain gRPC stream, for grpc/grpcs); a list runs "
+                   "each, alternating run by run")
       ->delimiter(',')
-      ->check(CLI::IsMember({"ferry", "asio", "ring"}))
+      ->check(CLI::IsMember({"ferry", "asio", "ring", "grpc"}))
       ->capture_default_str();
   comm_cmd->add_flag("--pingpong", comm->pingpong,
                      "round trips (the server echoes) instead of streaming");
