@@ -111,7 +111,7 @@ TEST(GrpcTransport, AnotherMethodIsUnimplemented) {
   still_serving(server);
 }
 
-TEST(GrpcTransport, AFirstMessageThatIsNoHelloEndsTheCall) {
+TEST(GrpcTransport, AFirstMessageThatIsNoHelloOrTooLargeEndsTheCall) {
   auto server = open(Purpose::server, grpc_server());
   {
     RawGrpcCall call(server, detail::grpc_link::kMethod);
@@ -129,6 +129,14 @@ TEST(GrpcTransport, AFirstMessageThatIsNoHelloEndsTheCall) {
     ASSERT_EQ(reply->size(), 64u);
     EXPECT_EQ(static_cast<std::uint8_t>((*reply)[60]), static_cast<std::uint8_t>(Errc::protocol_error));
     EXPECT_FALSE(call.read().has_value());
+  }
+  {
+    // Larger than any gRPC message Ferry sends (4 MiB): gRPC refuses it before the server
+    // buffers it, hello or not.
+    RawGrpcCall call(server, detail::grpc_link::kMethod);
+    (void)call.write(std::string((4 << 20) + 1, 'x'));
+    EXPECT_FALSE(call.read().has_value());
+    EXPECT_EQ(call.finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   }
   EXPECT_TRUE(server.peers().empty());
   still_serving(server);

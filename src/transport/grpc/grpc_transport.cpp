@@ -42,14 +42,11 @@ using Done = AsioTransport::Done;
 
 std::error_code ferry_code(Errc e) { return make_error_code(e); }
 
-/// The largest gRPC message either side accepts, set explicitly (gRPC's default receive cap
-/// is 4 MiB): a batch of at most Batch::kMaxBuffers chunks of our max_chunk(), the merged
-/// small frames, or a hello. A peer announcing more is refused by gRPC before it allocates.
-int max_grpc_message(const CommunicatorImpl& owner) {
-  const std::uint64_t bound =
-      std::uint64_t{framing::Batch::kMaxBuffers + 1} * owner.max_chunk() + (std::uint64_t{64} << 20);
-  return static_cast<int>(std::min<std::uint64_t>(bound, std::numeric_limits<int>::max()));
-}
+/// The largest gRPC message either side sends or accepts, set explicitly: gRPC's default
+/// receive cap. A batch larger than this goes out as several messages (the frame reader
+/// carries a frame across them as it does across TCP reads), so no peer can make us buffer
+/// more than this per stream before the hello, or after it.
+constexpr std::size_t kMaxGrpcMessage = std::size_t{4} << 20;
 
 /// Why a stream ended, as a ferry code. connected: it had carried a session.
 Errc from_status(const grpc::Status& s, bool connected) {
@@ -86,6 +83,23 @@ std::string read_file(const std::filesystem::path& p, const char* what) {
 std::string host_port(const Endpoint& e, std::uint16_t port) {
   const bool v6 = e.host.find(':') != std::string::npos;
   return (v6 ? "[" + e.host + "]" : e.host) + ":" + std::to_string(port);
+}
+
+/// gRPC's peer URI ("ipv4:127.0.0.1:5000", "ipv6:%5B::1%5D:5000") as TCP's remote() writes
+/// an address: "127.0.0.1:5000", "[::1]:5000".
+std::string address_of(const std::string& uri) {
+  std::string out;
+  const std::size_t colon = uri.find(':');
+  const std::string rest = colon == std::string::npos ? uri : uri.substr(colon + 1);
+  for (std::size_t i = 0; i < rest.size(); ++i) {
+    if (rest[i] == '%' && i + 2 < rest.size()) {
+      out += static_cast<char>(std::stoi(rest.substr(i + 1, 2), nullptr, 16));
+      i += 2;
+    } else {
+      out += rest[i];
+    }
+  }
+  return out;
 }
 
 /// One byte buffer holding `bytes` (a copy).
@@ -156,7 +170,13 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void read_more();
   void process();
   void end_round();
+  /// Writer role: fills the next batch (m_batch_slices) and its first gRPC message (m_out).
   bool next_batch();
+  /// The batch's next gRPC message into m_out; false when the batch is all written.
+  bool next_piece();
+  /// Writer role, any thread: starts the next batch's write. False: not running (the caller
+  /// hands the role to the strand).
+  bool write_inline();
   void do_write();
   void on_tick();
   void fail(Errc errc, const std::string& what);
@@ -189,9 +209,17 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   FrameReader m_reader;
   Clock::time_point m_last_rx{};
 
-  // Writer (the role's holder: the strand).
+  // Writer (the role's holder).
   grpc::ByteBuffer m_out;
-  bool m_writing = false;  // a write is in flight (gRPC allows one per stream)
+  std::vector<grpc::Slice> m_batch_slices;  // the batch being written, m_out its next message
+  std::size_t m_batch_slice = 0;
+  std::size_t m_batch_offset = 0;
+  // Guards m_stream's end (close_stream()), m_writing and m_inline_open against a put() that
+  // writes on its own thread (write_inline()); the strand reads m_stream without it, being
+  // the only one to change it.
+  std::mutex m_stream_mutex;
+  bool m_writing = false;      // a write is in flight (gRPC allows one per stream)
+  bool m_inline_open = false;  // running: a writer role holder may write on its thread
   LinkWriter m_writer;
   Clock::time_point m_last_tx{};
 };
@@ -234,7 +262,8 @@ class ClientStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc
 /// The server side of a stream.
 class ServerStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>, public Stream {
  public:
-  ServerStream(GrpcTransport& transport, grpc::CallbackServerContext* ctx) : m_transport(transport), m_peer(ctx->peer()) {}
+  ServerStream(GrpcTransport& transport, grpc::CallbackServerContext* ctx)
+      : m_transport(transport), m_peer(address_of(ctx->peer())) {}
   void attach(std::shared_ptr<Connection> conn) { m_conn = std::move(conn); }
   void read(grpc::ByteBuffer* into) override { StartRead(into); }
   void write(const grpc::ByteBuffer* from) override { StartWrite(from); }
@@ -478,6 +507,10 @@ void Connection::handshake_failed(Failure f) {
 
 void Connection::run() {
   m_running = true;
+  {
+    const std::lock_guard lock(m_stream_mutex);
+    m_inline_open = m_stream != nullptr;
+  }
   m_last_rx = Clock::now();
   m_last_tx = m_last_rx;
   if (auto done = std::move(m_handshake_done)) done(std::nullopt);
@@ -547,14 +580,27 @@ void Connection::resume_reading() {
 }
 
 void Connection::kick() {
-  if (m_writer.claim()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+  if (m_writer.claim() && !write_inline()) asio::post(m_strand, [self = shared_from_this()] { self->do_write(); });
+}
+
+bool Connection::write_inline() {
+  // The role holder writes on its own thread: a put() then costs no hop to the strand. The
+  // write's completion still comes to the strand (on_written()).
+  const std::lock_guard lock(m_stream_mutex);
+  if (!m_inline_open) return false;
+  if (!next_batch()) return true;  // nothing due: the role is given up
+  m_writing = true;
+  m_stream->write(&m_out);
+  return true;
 }
 
 bool Connection::next_batch() {
   if (!m_writer.next(*m_session)) return false;
   // Small pieces (headers, merged small messages: the batch's staging buffer, reused for the
-  // next batch) are copied; large ones are handed to gRPC as slices that keep their payload
-  // alive until gRPC is done with them, which may be after OnWriteDone.
+  // next batch) are copied; large pieces of owned payloads are handed to gRPC as slices that
+  // keep the payload alive until gRPC is done with them, which may be after OnWriteDone or
+  // after the call is cancelled. A borrowed payload's bytes belong to the caller, who may free
+  // them once its put fails: gRPC could still be sending them then, so they are copied.
   std::vector<grpc::Slice> slices;
   const auto& bufs = m_writer.batch.buffers();
   slices.reserve(bufs.size());
@@ -562,6 +608,7 @@ bool Connection::next_batch() {
     std::shared_ptr<const Payload> owner;
     if (b.size() > framing::Batch::kCopyBelow) {
       for (const auto& p : m_writer.record.payloads) {
+        if (p->borrowed()) continue;
         const auto bytes = p->bytes();
         if (b.data() >= bytes.data() && b.data() + b.size() <= bytes.data() + bytes.size()) {
           owner = p;
@@ -577,19 +624,46 @@ bool Connection::next_batch() {
     slices.emplace_back(const_cast<std::byte*>(b.data()), b.size(),  // NOLINT(cppcoreguidelines-pro-type-const-cast): gRPC only reads
                         [](void* p) { delete static_cast<std::shared_ptr<const Payload>*>(p); }, keep);
   }
-  m_out = grpc::ByteBuffer(slices.data(), slices.size());
+  m_batch_slices = std::move(slices);
+  m_batch_slice = 0;
+  m_batch_offset = 0;
+  next_piece();
+  return true;
+}
+
+bool Connection::next_piece() {
+  // Up to kMaxGrpcMessage bytes of the batch into m_out; slices are cut, not copied.
+  std::vector<grpc::Slice> piece;
+  std::size_t bytes = 0;
+  while (m_batch_slice < m_batch_slices.size() && bytes < kMaxGrpcMessage) {
+    const grpc::Slice& sl = m_batch_slices[m_batch_slice];
+    const std::size_t take = std::min(sl.size() - m_batch_offset, kMaxGrpcMessage - bytes);
+    piece.push_back(m_batch_offset == 0 && take == sl.size() ? sl : sl.sub(m_batch_offset, m_batch_offset + take));
+    bytes += take;
+    m_batch_offset += take;
+    if (m_batch_offset == sl.size()) {
+      ++m_batch_slice;
+      m_batch_offset = 0;
+    }
+  }
+  if (piece.empty()) return false;
+  m_out = grpc::ByteBuffer(piece.data(), piece.size());
   return true;
 }
 
 void Connection::do_write() {
   if (m_failed || !m_session || !m_running || !m_stream) return m_writer.drop();  // run() kicks again
   if (!next_batch()) return;
+  const std::lock_guard lock(m_stream_mutex);
   m_writing = true;
   m_stream->write(&m_out);
 }
 
 void Connection::on_written(bool ok) {
-  m_writing = false;
+  {
+    const std::lock_guard lock(m_stream_mutex);
+    m_writing = false;
+  }
   if (!m_running && !m_failed) {  // a hello went out
     if (!ok) {
       if (m_role == Role::client) return close_stream(false);  // on_done() says why
@@ -615,8 +689,18 @@ void Connection::on_written(bool ok) {
     return;
   }
   if (!m_writer.pending) return;  // a hello's completion after a failure
-  m_writer.pending = false;
   m_out.Clear();
+  if (!m_failed && ok && next_piece()) {  // the rest of a batch larger than one gRPC message
+    const std::lock_guard lock(m_stream_mutex);
+    if (m_stream) {
+      m_writing = true;
+      m_stream->write(&m_out);
+      return;
+    }
+    ok = false;
+  }
+  m_writer.pending = false;
+  m_batch_slices.clear();
   if (m_failed || !ok) {
     m_session->write_failed(m_writer.record);
     m_writer.drop();
@@ -671,9 +755,8 @@ void Connection::shutdown(std::error_code why) {
     self->m_reader.wake_pending();
     self->m_failed = true;
     // A clean end (both close frames exchanged): the peer gets the end of the stream after
-    // what we wrote. With a write still in flight, cancel instead (gRPC allows no half-close
-    // then).
-    self->close_stream(why == ferry_code(Errc::closed) && !self->m_writing);
+    // what we wrote.
+    self->close_stream(why == ferry_code(Errc::closed));
     self->m_timer.cancel();
     self->m_transport.link_ended(self, false);
   });
@@ -688,9 +771,12 @@ void Connection::abort() {
 }
 
 void Connection::close_stream(bool clean) {
+  const std::lock_guard lock(m_stream_mutex);
+  m_inline_open = false;
   if (!m_stream) return;
   Stream* s = std::exchange(m_stream, nullptr);
-  s->close(clean);
+  // With a write still in flight, cancel: gRPC allows no half-close then.
+  s->close(clean && !m_writing);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,14 +791,21 @@ GrpcTransport::GrpcTransport(CommunicatorImpl& owner, const Endpoint& endpoint)
   }
   const SecurityOptions& sec = owner.options().security;
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(max_grpc_message(owner));
-  args.SetMaxSendMessageSize(max_grpc_message(owner));
+  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxGrpcMessage));
+  args.SetMaxSendMessageSize(static_cast<int>(kMaxGrpcMessage));
   // Our own connection (gRPC shares subchannels between channels of a process otherwise), and
   // a prompt reconnection after a drop (Ferry resumes the session over it).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 10);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 10);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  // HTTP/2 pings on Ferry's keep-alive schedule: a connection that went silent is dropped by
+  // gRPC too, so the next call (a resumption) opens a new one instead of queueing on it.
+  const auto& c = owner.options().connection;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(c.keepalive_interval.count()));
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(c.keepalive_timeout.count()));
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (tls()) {
     if (!sec.verify_hostname) throw Error(Errc::invalid_argument, "grpcs: verify_hostname false is not supported");
@@ -761,8 +854,14 @@ void GrpcTransport::listen() {
   int port = 0;
   b.AddListeningPort(host_port(m_endpoint, m_endpoint.port), creds, &port);
   b.RegisterCallbackGenericService(&m_service);
-  b.SetMaxReceiveMessageSize(max_grpc_message(owner()));
-  b.SetMaxSendMessageSize(max_grpc_message(owner()));
+  b.SetMaxReceiveMessageSize(static_cast<int>(kMaxGrpcMessage));
+  b.SetMaxSendMessageSize(static_cast<int>(kMaxGrpcMessage));
+  // Clients ping on their keep-alive schedule (see the client's channel): allow it.
+  const auto& c = owner().options().connection;
+  b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                       static_cast<int>(std::min<std::int64_t>(c.keepalive_interval.count(), 1000)));
+  b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   m_server = b.BuildAndStart();
   if (!m_server || port == 0) {
     m_server.reset();
@@ -790,12 +889,19 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* GrpcTransport::acce
 }
 
 void GrpcTransport::connect(Done done) {
+  // Under m_accept_mutex, as accept(): a connection either is in the link set before stop()
+  // aborts the set, or is never made.
+  const std::lock_guard lock(m_accept_mutex);
+  if (m_closing) {
+    if (done) done(Failure{Errc::closed, "the communicator is closing"});
+    return;
+  }
   auto conn = std::make_shared<Connection>(*this, Connection::Role::client);
   auto* s = new ClientStream(*this, conn);  // NOLINT(cppcoreguidelines-owning-memory): deleted in OnDone
   s->set_peer(host_port(m_endpoint, m_endpoint.port));
   conn->bind(s);
+  s->begin(*m_stub);  // before anything can abort the connection (and close the call)
   link_opened(conn);
-  s->begin(*m_stub);
   conn->start(std::move(done));
 }
 
