@@ -6,6 +6,7 @@
 
 #include <boost/asio.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -24,6 +25,12 @@ namespace ferry::detail {
 
 /// This process's locality (no shm path). Fields that cannot be read are zero.
 framing::Locality local_locality();
+
+/// The period of a connection's keep-alive timer: a keep-alive frame goes out within one
+/// interval of silence, and a silent peer is noticed within a quarter of its timeout.
+inline std::chrono::milliseconds keepalive_period(const ConnectionOptions& c) {
+  return std::max(std::chrono::milliseconds(1), std::min(c.keepalive_interval, c.keepalive_timeout / 4));
+}
 
 /// Why a connection attempt or a live connection failed, as a ferry code with its context.
 struct Failure {

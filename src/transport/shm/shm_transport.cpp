@@ -1076,8 +1076,7 @@ void Connection::on_tick() {
     m_writer.want_keepalive();
     kick();
   }
-  const auto tick = std::max(std::chrono::milliseconds(1), std::min(c.keepalive_interval, c.keepalive_timeout / 4));
-  m_timer.expires_after(tick);
+  m_timer.expires_after(keepalive_period(c));
   m_timer.async_wait([self = shared_from_this()](const error_code& ec) {
     if (!ec) self->on_tick();
   });
