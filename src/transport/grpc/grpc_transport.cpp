@@ -141,7 +141,6 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void shutdown(std::error_code why) override;
   std::string transport() const override;
   std::string remote() const override { return m_remote; }
-  std::string detail() const override { return {}; }
   void abort() override;
   void cut() override {
     asio::post(m_strand, [self = shared_from_this()] {
@@ -371,7 +370,7 @@ void ClientStream::OnDone(const grpc::Status& s) {
 }
 
 void ServerStream::OnDone() {
-  m_conn->post_done(grpc::Status::OK);
+  // Nothing to tell the connection: OnDone comes after Finish(), which only its close makes.
   GrpcTransport& t = m_transport;
   delete this;  // NOLINT(cppcoreguidelines-owning-memory): gRPC's reactor life cycle
   t.reactor_done();
