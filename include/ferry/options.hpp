@@ -104,6 +104,35 @@ struct ShmOptions {
   std::chrono::microseconds spin{20};
 };
 
+/// MQTT: mqtt:// and mqtts:// endpoints (mqtts: TLS to the broker, with SecurityOptions' ca,
+/// and certificate and key when the broker wants client certificates). The server and each of
+/// its clients are clients of the broker; topics live under the endpoint's prefix.
+struct MqttOptions {
+  /// The broker's credentials (MQTT username and password); empty: none.
+  std::string username;
+  std::string password;
+  /// 1 (the default): the broker acknowledges each publish and queues publishes for a
+  /// subscriber that is briefly behind. 0: no broker acknowledgements; a publish the broker
+  /// drops is detected by its sequence number, counted (stats' transport_detail: "lost") and
+  /// resent by resuming the session. Either way Ferry's own acknowledgements make delivery end
+  /// to end; a message is lost only when the session itself ends.
+  int qos = 1;
+  /// The largest publish (payload bytes); a larger batch goes in several publishes. paho
+  /// finishes a publish that does not fit the socket's free send buffer only when its poll
+  /// times out (1 s) unless something arrives, so publishes stay well below the buffer.
+  std::size_t publish_size = std::size_t{256} << 10;
+  /// Publishes and bytes one side may have sent on a connection that its peer has not
+  /// acknowledged (each side tells the other the window it accepts). Keep the count below the
+  /// broker's per-client queue (Mosquitto 2: max_queued_messages, 1000 by default), beyond
+  /// which it drops publishes.
+  std::size_t window_publishes = 64;
+  std::size_t window_bytes = std::size_t{1} << 20;
+  /// A client that finds no server presence (retained on <prefix>/server) this long after it
+  /// subscribed reports that no server is there (retried until connect_timeout); a server
+  /// that finds another server's presence within it refuses to start (address_in_use).
+  std::chrono::milliseconds presence_wait{300};
+};
+
 /// Everything open() needs. Thread-safety of the callbacks: they run on a Ferry worker thread,
 /// must not block, and must not call close() on the same communicator.
 struct Options {
@@ -114,6 +143,7 @@ struct Options {
   ConnectionOptions connection{};
   SecurityOptions security{};
   ShmOptions shm{};
+  MqttOptions mqtt{};
   /// Threads that run the network I/O (one event loop shared by every connection).
   unsigned workers = 1;
   /// A blocking get() that finds nothing polls the receive queue this long before it sleeps:

@@ -51,6 +51,13 @@ void check_options(const Options& o) {
     bad("shm.ring_size must be a power of two in [64 KiB, 1 GiB]");
   }
   if (o.shm.spin.count() < 0 || o.shm.spin > std::chrono::milliseconds(10)) bad("shm.spin must be in [0, 10 ms]");
+  const MqttOptions& m = o.mqtt;
+  if (m.qos != 0 && m.qos != 1) bad("mqtt.qos must be 0 or 1");
+  // 256 MiB: Mosquitto's largest packet is 256 MiB; the header and topic must fit too.
+  if (m.publish_size < 1024 || m.publish_size > (std::size_t{255} << 20)) bad("mqtt.publish_size must be in [1 KiB, 255 MiB]");
+  if (m.window_publishes == 0 || m.window_publishes > 65535) bad("mqtt.window_publishes must be in [1, 65535]");
+  if (m.window_bytes < m.publish_size) bad("mqtt.window_bytes must be at least mqtt.publish_size");
+  if (m.presence_wait.count() <= 0) bad("mqtt.presence_wait must be positive");
 }
 
 }  // namespace

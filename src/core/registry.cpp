@@ -3,6 +3,7 @@
 #include "core/communicator_impl.hpp"
 #include "transport/auto/auto_transport.hpp"
 #include "transport/grpc/grpc_transport.hpp"
+#include "transport/mqtt/mqtt_transport.hpp"
 #include "transport/shm/shm_transport.hpp"
 #include "transport/tcp/tcp_transport.hpp"
 
@@ -20,6 +21,9 @@ std::unique_ptr<Transport> make_transport(CommunicatorImpl& owner) {
     case Scheme::grpc:
     case Scheme::grpcs:
       return grpc_link::make_transport(owner, owner.endpoint());
+    case Scheme::mqtt:
+    case Scheme::mqtts:
+      return mqtt_link::make_transport(owner, owner.endpoint());
     default:
       throw Error(Errc::unavailable, "endpoint '" + owner.endpoint().to_string() +
                                          "': the " + std::string(Endpoint::scheme_name(owner.endpoint().scheme)) +

@@ -24,6 +24,7 @@
 #include "core/access.hpp"
 #include "core/sanitizers.hpp"
 #include "transport/shm/shm_transport.hpp"
+#include "support/mosquitto.hpp"
 #include "support/spawn.hpp"
 #include "support/tcp_proxy.hpp"
 #include "support/tls_certs.hpp"
@@ -138,9 +139,19 @@ std::array<std::byte, 64> hello_bytes(std::uint16_t version = 1) {
 class Conformance : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() { s_certs = std::make_unique<testing::TlsCerts>(); }
-  static void TearDownTestSuite() { s_certs.reset(); }
+  static void TearDownTestSuite() {
+    s_broker.reset();
+    s_certs.reset();
+  }
 
-  bool tls() const { return GetParam() == "tls" || GetParam() == "grpcs"; }
+  bool tls() const { return GetParam() == "tls" || GetParam() == "grpcs" || GetParam() == "mqtts"; }
+  bool mqtt() const { return GetParam() == "mqtt" || GetParam() == "mqtts"; }
+  /// The suite's Mosquitto, started by the first MQTT test (its TLS listener has certificates
+  /// of its own, so mqtts clients of either purpose trust its CA).
+  static testing::MosquittoBroker& broker() {
+    if (!s_broker) s_broker = std::make_unique<testing::MosquittoBroker>();
+    return *s_broker;
+  }
   /// The raw test socket speaks Ferry's framing straight over TCP or the rendezvous socket:
   /// not through TLS or gRPC's HTTP/2.
   bool raw_capable() const { return GetParam() == "tcp" || GetParam() == "shm" || GetParam() == "auto"; }
@@ -148,7 +159,10 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   /// A server endpoint no other test uses.
   std::string server_endpoint() const {
     static std::atomic<int> counter{0};
-    if (shm()) return "shm://conformance-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+    const std::string unique = "conformance-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+    if (shm()) return "shm://" + unique;
+    if (GetParam() == "mqtt") return "mqtt://127.0.0.1:" + std::to_string(broker().port()) + "/" + unique;
+    if (GetParam() == "mqtts") return "mqtts://127.0.0.1:" + std::to_string(broker().tls_port()) + "/" + unique;
     return GetParam() + "://127.0.0.1:0";
   }
 
@@ -156,7 +170,9 @@ class Conformance : public ::testing::TestWithParam<std::string> {
     Options o;
     o.endpoint = server_endpoint();
     o.shm.huge_pages = false;  // the pool belongs to the hugepage tests (RESOURCE_LOCK hugepage_pool)
-    if (tls()) {
+    if (GetParam() == "mqtts") {
+      o.security.ca = broker().certs()->ca();  // a client of the broker, as the clients are
+    } else if (tls()) {
       o.security.certificate = s_certs->server_chain();
       o.security.key = s_certs->server_key();
     }
@@ -166,7 +182,9 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   Options client_options(const std::string& endpoint) const {
     Options o;
     o.endpoint = endpoint;
-    if (tls()) {
+    if (GetParam() == "mqtts") {
+      o.security.ca = broker().certs()->ca();
+    } else if (tls()) {
       o.security.ca = s_certs->ca();
       o.security.server_name = "localhost";
     }
@@ -194,9 +212,18 @@ class Conformance : public ::testing::TestWithParam<std::string> {
     return n;
   }
 
+  /// The server's endpoint with another port (a proxy in front of the server or its broker).
+  static std::string via_port(const Communicator& server, std::uint16_t port) {
+    Endpoint e = Endpoint::parse(server.local_endpoint());
+    e.port = port;
+    return e.to_string();
+  }
+
   static std::unique_ptr<testing::TlsCerts> s_certs;
+  static std::unique_ptr<testing::MosquittoBroker> s_broker;
 };
 std::unique_ptr<testing::TlsCerts> Conformance::s_certs;
+std::unique_ptr<testing::MosquittoBroker> Conformance::s_broker;
 
 TEST_P(Conformance, PutGetBothWaysWithPeerIds) {
   auto server = open(Purpose::server, server_options());
@@ -550,14 +577,13 @@ TEST_P(Conformance, CallbacksReportConnectAndDisconnect) {
 
 TEST_P(Conformance, ResumesAcrossCutConnectionsWithoutLossOrDuplicates) {
   auto server = open(Purpose::server, server_options());
-  // TCP: a proxy in between cuts the connections. Shared memory (shm, and auto on one host)
-  // has no wire to cut: the server's links are broken from inside (both sides see the socket
-  // drop).
-  const bool wire = GetParam() == "tcp" || GetParam() == "tls" || GetParam() == "grpc" || GetParam() == "grpcs";
+  // TCP: a proxy in between cuts the connections (MQTT: the client's connection to the
+  // broker). Shared memory (shm, and auto on one host) has no wire to cut: the server's links
+  // are broken from inside (both sides see the socket drop).
+  const bool wire = GetParam() == "tcp" || GetParam() == "tls" || GetParam() == "grpc" || GetParam() == "grpcs" || mqtt();
   std::optional<testing::TcpProxy> proxy;
   if (wire) proxy.emplace("127.0.0.1", port_of(server));
-  auto client = open(Purpose::client, client_options(!wire ? server.local_endpoint()
-                                                           : GetParam() + "://127.0.0.1:" + std::to_string(proxy->port())));
+  auto client = open(Purpose::client, client_options(!wire ? server.local_endpoint() : via_port(server, proxy->port())));
   constexpr std::uint64_t kCount = 30000;
   std::atomic<bool> done{false};
   std::thread cutter([&] {
@@ -864,7 +890,7 @@ TEST_P(Tls, ServerWithWrongHostCertificateIsRefused) {
   EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, co); }), Errc::permission_denied);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls", "shm", "auto", "grpc", "grpcs"));
+INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls", "shm", "auto", "grpc", "grpcs", "mqtt", "mqtts"));
 INSTANTIATE_TEST_SUITE_P(Transports, BadInput, ::testing::Values("tcp"));
 INSTANTIATE_TEST_SUITE_P(Transports, Tls, ::testing::Values("tls"));
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// MosquittoBroker: a Mosquitto 2 broker in its own process for the MQTT tests, with its
-// configuration written by the fixture into a fresh temporary directory, listeners on
-// 127.0.0.1 at free ports, stopped by pid.
+// MosquittoBroker: a Mosquitto 2 broker in its own process for the MQTT tests and benchmarks,
+// with its configuration written into a fresh temporary directory, listeners on 127.0.0.1 at
+// free ports, stopped by pid.
 #pragma once
 
 #include <sys/types.h>

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -53,6 +54,28 @@ bool accepts(std::uint16_t port) {
   const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
   ::close(fd);
   return ok;
+}
+
+/// The TCP ports that process `pid` listens on (its socket inodes matched in /proc/net/tcp).
+std::vector<std::uint16_t> listening_ports(pid_t pid) {
+  std::vector<std::string> inodes;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    const std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (!ec && target.rfind("socket:[", 0) == 0) inodes.push_back(target.substr(8, target.size() - 9));
+  }
+  std::vector<std::uint16_t> ports;
+  std::ifstream tcp("/proc/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // the header
+  while (std::getline(tcp, line)) {
+    std::istringstream f(line);
+    std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
+    f >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+    if (state != "0A" || std::find(inodes.begin(), inodes.end(), inode) == inodes.end()) continue;  // 0A: LISTEN
+    ports.push_back(static_cast<std::uint16_t>(std::stoul(local.substr(local.find(':') + 1), nullptr, 16)));
+  }
+  return ports;
 }
 
 }  // namespace
@@ -104,7 +127,10 @@ void MosquittoBroker::write_config() const {
     << "log_type error\nlog_type warning\nlog_type notice\n"
     << "max_queued_messages " << m_config.max_queued_messages << "\n"
     << "max_queued_bytes 0\n"
-    << "message_size_limit 0\n";
+    << "message_size_limit 0\n"
+    // Mosquitto leaves Nagle on by default: every small publish it forwards would wait for
+    // the subscriber's delayed ACK (~40 ms a hop on loopback).
+    << "set_tcp_nodelay true\n";
   c << "listener " << m_port << " 127.0.0.1\nallow_anonymous true\n";
   if (m_config.tls) {
     c << "listener " << m_tls_port << " 127.0.0.1\nallow_anonymous true\n"
@@ -142,7 +168,11 @@ void MosquittoBroker::start() {
       m_pid = -1;
       throw std::runtime_error("mosquitto exited at start: " + log());
     }
-    if (accepts(m_port) && (!m_config.tls || accepts(m_tls_port)) && (!m_config.auth || accepts(m_auth_port))) return;
+    // Ours only when this process holds them (a port another test took meanwhile accepts too,
+    // and makes mosquitto exit once it tries to bind it).
+    const auto held = listening_ports(m_pid);
+    const auto ours = [&](std::uint16_t p) { return std::find(held.begin(), held.end(), p) != held.end() && accepts(p); };
+    if (ours(m_port) && (!m_config.tls || ours(m_tls_port)) && (!m_config.auth || ours(m_auth_port))) return;
     if (std::chrono::steady_clock::now() >= deadline) {
       stop(false);
       throw std::runtime_error("mosquitto did not listen within 10 s: " + log());
