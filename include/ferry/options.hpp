@@ -122,15 +122,17 @@ struct MqttOptions {
   /// times out (1 s) unless something arrives, so publishes stay well below the buffer.
   std::size_t publish_size = std::size_t{256} << 10;
   /// Publishes and bytes one side may have sent on a connection that its peer has not
-  /// acknowledged (each side tells the other the window it accepts). Keep the count below the
+  /// acknowledged (each side tells the other the window it accepts). The server is one broker
+  /// client for all its connections: keep the count times the busy connections below the
   /// broker's per-client queue (Mosquitto 2: max_queued_messages, 1000 by default), beyond
-  /// which it drops publishes.
+  /// which it drops publishes (each drop then costs a resumption).
   std::size_t window_publishes = 64;
   std::size_t window_bytes = std::size_t{1} << 20;
-  /// A client that finds no server presence (retained on <prefix>/server) this long after it
-  /// subscribed reports that no server is there (retried until connect_timeout); a server
-  /// that finds another server's presence within it refuses to start (address_in_use).
-  std::chrono::milliseconds presence_wait{300};
+  /// The longest a side waits for the broker to say whether a server's presence is retained
+  /// on <prefix>/server (normally known after one round trip to the broker). A client that
+  /// finds none reports that no server is there (retried until connect_timeout); a server
+  /// that finds another server's refuses to start (address_in_use).
+  std::chrono::milliseconds presence_wait{1000};
 };
 
 /// Everything open() needs. Thread-safety of the callbacks: they run on a Ferry worker thread,

@@ -8,6 +8,7 @@
 #include <ferry/ferry.hpp>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -82,7 +83,7 @@ TEST(MqttTransport, QoS0PublishLostInBetweenIsDetectedReportedAndResent) {
   EXPECT_EQ(proxy.dropped(), 1);
   const Stats s = server.stats();
   ASSERT_EQ(s.peers.size(), 1u);
-  EXPECT_NE(s.peers[0].transport_detail.find("publishes lost 1,"), std::string::npos) << s.peers[0].transport_detail;
+  EXPECT_NE(s.peers[0].transport_detail.find(", lost 1,"), std::string::npos) << s.peers[0].transport_detail;
   EXPECT_GE(s.peers[0].connects, 2u) << "the loss must end the connection it happened on";
 }
 
@@ -146,7 +147,7 @@ TEST(MqttTransport, WindowKeepsWithinASmallBrokerQueueAndASlowReaderLosesNothing
   producer.join();
   const Stats s = server.stats();
   ASSERT_EQ(s.peers.size(), 1u);
-  EXPECT_NE(s.peers[0].transport_detail.find("publishes lost 0,"), std::string::npos) << s.peers[0].transport_detail;
+  EXPECT_NE(s.peers[0].transport_detail.find(", lost 0,"), std::string::npos) << s.peers[0].transport_detail;
   EXPECT_EQ(s.peers[0].connects, 1u);
 }
 
@@ -173,6 +174,27 @@ TEST(MqttTransport, PresenceRefusesASecondServerAndReportsAMissingOne) {
   auto again = open(Purpose::client, with(at));
   again.put(std::string("again")).wait_delivered();
   EXPECT_EQ(must_get(second).text(), "again");
+}
+
+TEST(MqttTransport, AForeignGoneOnThePresenceTopicEndsNothing) {
+  // Another server's last will (one refused as the second), or anyone's publish, on
+  // <prefix>/server: the live server overwrites it, and its clients keep their connections.
+  MosquittoBroker broker(plain());
+  const std::string at = url(broker.port(), "foreign");
+  auto server = open(Purpose::server, with(at));
+  auto client = open(Purpose::client, with(at));
+  client.put(std::string("before")).wait_delivered();
+  EXPECT_EQ(must_get(server).text(), "before");
+  const std::string cmd = "mosquitto_pub -h 127.0.0.1 -p " + std::to_string(broker.port()) +
+                          " -q 1 -r -t foreign/server -m 'ferry-gone 00000000000000000000000000000000'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::this_thread::sleep_for(200ms);
+  client.put(std::string("after")).wait_delivered();
+  EXPECT_EQ(must_get(server).text(), "after");
+  EXPECT_EQ(server.stats().peers.at(0).connects, 1u) << "the forged gone ended the connection";
+  auto late = open(Purpose::client, with(at));  // finds the presence the server restored
+  late.put(std::string("late")).wait_delivered();
+  EXPECT_EQ(must_get(server).text(), "late");
 }
 
 TEST(MqttTransport, CredentialsAreSentAndAWrongPasswordIsRefused) {

@@ -246,6 +246,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
   // Receiving.
   std::deque<mqtt::const_message_ptr> m_in;  // in order, not yet consumed
+  std::size_t m_in_bytes = 0;                // their publishes' bytes
   std::size_t m_offset = 0;                  // consumed of m_in.front()'s stream bytes
   std::uint64_t m_rx_expected = 1;           // next data seq
   std::uint64_t m_rx_fed = 0;                // highest seq consumed
@@ -264,6 +265,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   std::uint64_t m_tx_acked = 0;
   std::deque<std::pair<std::uint64_t, std::size_t>> m_unacked;  // seq, bytes
   std::uint64_t m_unacked_bytes = 0;
+  bool m_sent_since_tick = false;
   Clock::time_point m_last_tx{};
 };
 
@@ -293,6 +295,8 @@ class MqttTransport final : public AsioTransport {
   std::atomic<std::uint64_t> lost{0};
   std::atomic<std::uint64_t> duplicates{0};
   std::atomic<std::uint64_t> busy{0};
+  std::atomic<std::uint64_t> sent{0};
+  std::atomic<std::uint64_t> received{0};
   /// Connections (handshaking or running) beyond which a server ignores new hellos.
   std::size_t conn_limit() const noexcept { return conn().max_connections + 64; }
 
@@ -387,11 +391,12 @@ Connection::~Connection() {
 std::string Connection::transport() const { return m_transport.tls() ? "mqtts" : "mqtt"; }
 
 std::string Connection::detail() const {
-  // relaxed: statistics.
-  return "qos " + std::to_string(m_transport.qos()) + " via broker " + m_transport.broker() + "; publishes lost " +
-         std::to_string(m_transport.lost.load(std::memory_order_relaxed)) + ", duplicated " +
-         std::to_string(m_transport.duplicates.load(std::memory_order_relaxed)) + ", refused by paho for a moment " +
-         std::to_string(m_transport.busy.load(std::memory_order_relaxed));
+  const auto count = [](const std::atomic<std::uint64_t>& c) {
+    return std::to_string(c.load(std::memory_order_relaxed));  // relaxed: statistics
+  };
+  return "qos " + std::to_string(m_transport.qos()) + " via broker " + m_transport.broker() + "; publishes sent " +
+         count(m_transport.sent) + ", received " + count(m_transport.received) + ", lost " + count(m_transport.lost) +
+         ", duplicated " + count(m_transport.duplicates) + ", refused by paho for a moment " + count(m_transport.busy);
 }
 
 PubHeader Connection::header(Kind kind) const noexcept {
@@ -470,15 +475,20 @@ void Connection::on_publish(const mqtt::const_message_ptr& m) {
     m_rx_fed = h.seq;
     return on_hello(bytes.subspan(kPubHeaderSize));
   }
-  if (m_in.size() >= m_transport.mqtt().window_publishes) {
+  const std::size_t size = bytes.size();
+  if (m_in.size() >= m_transport.mqtt().window_publishes ||
+      (!m_in.empty() && m_in_bytes + size > m_transport.mqtt().window_bytes)) {
     return fail(Errc::protocol_error, "from " + m_remote + ": more unacknowledged publishes than the window", true);
   }
+  m_in_bytes += size;
   m_in.push_back(m);
   if (!m_running || m_reader.paused()) return;
   process();
   if (m_failed) return;
   if (m_reader.round_open()) m_reader.end_round(true, m_in.empty());
-  maybe_ack(false);
+  // After the writes this round asked for (a kick posts them first): a data publish carries
+  // the acknowledgement, and then none of its own is needed.
+  asio::post(m_strand, [self = shared_from_this()] { self->maybe_ack(false); });
 }
 
 void Connection::on_hello(std::span<const std::byte> bytes) {
@@ -537,6 +547,8 @@ void Connection::on_hello(std::span<const std::byte> bytes) {
 
 void Connection::handshake_failed(Failure f) {
   if (m_failed) return;
+  // The server may be running its side already (its reply was late or lost): tell it.
+  if (m_role == Role::client && m_tx_seq > 0) send_control(Kind::reset, static_cast<std::uint32_t>(f.errc));
   m_failed = true;
   m_timer.cancel();
   m_retry.cancel();
@@ -567,6 +579,7 @@ void Connection::process() {
     if (e != Errc{}) return fail(e, "from " + m_remote + ": " + why, true);
     if (m_offset < bytes.size()) return;  // the receive queue is full: resume_reading() goes on
     m_rx_bytes_unacked += bytes.size();
+    m_in_bytes -= bytes.size() + kPubHeaderSize;
     m_in.pop_front();
     m_offset = 0;
     ++m_rx_fed;
@@ -604,7 +617,10 @@ bool Connection::window_open() const noexcept {
   const auto& o = m_transport.mqtt();
   const std::uint64_t pubs = m_peer_window_pubs == 0 ? o.window_publishes : std::min<std::uint64_t>(m_peer_window_pubs, o.window_publishes);
   const std::uint64_t bytes = m_peer_window_bytes == 0 ? o.window_bytes : std::min<std::uint64_t>(m_peer_window_bytes, o.window_bytes);
-  return m_tx_seq - m_tx_acked < pubs && m_unacked_bytes < bytes;
+  const std::size_t next = m_pieces.empty() ? 0 : m_pieces.front().size();
+  // The next publish must fit the byte window, unless nothing is in flight (the peer accepts
+  // one publish of any size when it holds none).
+  return m_tx_seq - m_tx_acked < pubs && (m_unacked.empty() || m_unacked_bytes + next <= bytes);
 }
 
 void Connection::do_write() {
@@ -685,6 +701,7 @@ bool Connection::send_data(std::string& piece) {
       return false;
   }
   m_tx_seq = h.seq;
+  m_sent_since_tick = true;
   m_rx_acked = m_rx_fed;
   m_rx_bytes_unacked = 0;
   m_unacked.emplace_back(h.seq, size);
@@ -698,6 +715,7 @@ void Connection::send_control(Kind kind, std::uint32_t errc) {
   if (kind == Kind::reset) put_le<std::uint32_t>(reinterpret_cast<std::byte*>(p.data()) + kPubHeaderSize, errc);
   std::string why;
   if (m_transport.publish(m_out_topic, mqtt::binary_ref(std::move(p)), false, why) == MqttTransport::Sent::ok && kind == Kind::ack) {
+    m_sent_since_tick = true;
     m_rx_acked = m_rx_fed;
     m_rx_bytes_unacked = 0;
   }
@@ -722,6 +740,10 @@ void Connection::on_tick() {
     m_writer.want_keepalive();
     kick();
   }
+  // An acknowledgement lost on the way (QoS 0) would hold a window-blocked peer: with nothing
+  // sent since the last tick, say again what we consumed.
+  if (!m_sent_since_tick && m_rx_fed > 0) m_rx_acked = 0;
+  m_sent_since_tick = false;
   maybe_ack(true);
   m_timer.expires_after(keepalive_period(c));
   m_timer.async_wait([self = shared_from_this()](const error_code& ec) {
@@ -733,6 +755,7 @@ void Connection::finish() {
   answer_pending_write();
   m_writer.drop();
   m_in.clear();
+  m_in_bytes = 0;
   m_transport.forget(m_key);
 }
 
@@ -860,6 +883,7 @@ MqttTransport::MqttTransport(CommunicatorImpl& owner, const Endpoint& endpoint)
         const std::lock_guard lock(m_mutex);
         m_announced = true;
       }
+      m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos)->wait_for(conn().connect_timeout);
       publish_presence(true);
       return;
     }
@@ -915,7 +939,7 @@ void MqttTransport::broker_connect() {
   }
   // paho answers neither way for a connect made while it still cleans up the connection it
   // just lost (seen after a broker restart): give up on an attempt that stays unanswered.
-  schedule(std::chrono::milliseconds(2000) + conn().handshake_timeout, [this, attempt] {
+  schedule(std::chrono::milliseconds(2000), [this, attempt] {
     {
       const std::lock_guard lock(m_mutex);
       if (!m_connecting || m_attempts != attempt || m_connected) return;
@@ -961,16 +985,25 @@ void MqttTransport::on_broker_connected(const std::string& tag) {
     m_presence = Presence::unknown;
     m_presence_deadline = Clock::now() + m_mqtt.presence_wait;
   }
+  bool announced = false;
+  {
+    const std::lock_guard lock(m_mutex);
+    announced = m_announced;
+  }
   try {
-    m_client->subscribe(m_wake_topic, 0);
+    // In this order on one connection: the broker sends the retained presence right after its
+    // subscription's acknowledgement, and our probe comes back after that.
+    m_client->subscribe(m_wake_topic, 1);
     if (m_server) {
       m_client->subscribe(m_prefix + "/server", 1);
-      m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos);
-      if (generation > 1) publish_presence(true);  // the first waits for the check in the constructor
+      // Clients' hellos only once this server passed the presence check (the constructor).
+      if (announced) m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos);
+      if (announced && generation > 1) publish_presence(true);
     } else {
       m_client->subscribe(m_prefix + "/c/" + tag + "/+", m_mqtt.qos);
       m_client->subscribe(m_prefix + "/server", 1);
     }
+    m_client->publish(m_wake_topic, "presence-probe", 14, 1, false);
   } catch (const mqtt::exception&) {  // NOLINT(bugprone-empty-catch): the connection went: on_lost() follows
   }
   // No presence within the wait: nobody serves this prefix (connect() says so).
@@ -1012,44 +1045,66 @@ void MqttTransport::publish_presence(bool present) {
 
 void MqttTransport::on_presence(const std::string& payload) {
   const bool present = payload.rfind("ferry-server ", 0) == 0;
+  const bool gone = payload.rfind("ferry-gone ", 0) == 0;
   const std::string instance = payload.substr(payload.find(' ') == std::string::npos ? payload.size() : payload.find(' ') + 1);
   if (m_server) {
-    if (present && instance != m_instance && m_generation == 1 && m_presence == Presence::unknown) m_other_server = true;
+    if (m_announced) {
+      // Anything on P/server but our own presence (a refused server's or our own old last
+      // will, a forged or stale publish) is overwritten: we are the server here.
+      if (payload != "ferry-server " + m_instance && m_connected) asio::post(io(), [this] { publish_presence(true); });
+    } else if (present && instance != m_instance && m_presence == Presence::unknown) {
+      m_other_server = true;
+    }
     m_presence = present ? Presence::present : Presence::absent;
     m_cv.notify_all();
     return;
   }
   const Presence before = m_presence;
   const std::string was = m_server_instance;
-  m_presence = present ? Presence::present : Presence::absent;
-  m_server_instance = present ? instance : std::string();
+  if (present) {
+    m_presence = Presence::present;
+    m_server_instance = instance;
+  } else if (!gone || before != Presence::present || instance == was) {
+    // A "gone" counts only for the server we know (a refused second server's last will, or
+    // a forged one, must not end our connections); before we know one, nothing is there.
+    m_presence = Presence::absent;
+    m_server_instance.clear();
+  }
   m_cv.notify_all();
-  if (before == Presence::present && (!present || instance != was)) {
+  if (before == Presence::present && (m_presence != Presence::present || m_server_instance != was)) {
     // The server went away (its last will or its clean close) or another instance took over:
     // its connections are gone. Posted: m_mutex is held here.
-    asio::post(io(), [this, present] {
-      fail_all(Errc::peer_lost, present ? "the server at " + m_local + " restarted"
-                                        : "the server at " + m_local + " went away (its broker connection ended)");
+    const bool restarted = m_presence == Presence::present;
+    asio::post(io(), [this, restarted] {
+      fail_all(Errc::peer_lost, restarted ? "the server at " + m_local + " restarted"
+                                          : "the server at " + m_local + " went away (its broker connection ended)");
     });
   }
 }
 
 void MqttTransport::on_message(const mqtt::const_message_ptr& m) {
+  received.fetch_add(1, std::memory_order_relaxed);  // relaxed: statistics
   const std::string& topic = m->get_topic();
   if (topic.size() <= m_prefix.size() + 1 || topic.compare(0, m_prefix.size(), m_prefix) != 0 || topic[m_prefix.size()] != '/') return;
   const std::string_view rest = std::string_view(topic).substr(m_prefix.size() + 1);
-  if (rest.rfind("wake/", 0) == 0) return;  // WakeRegistry: its arrival was the point
+  if (rest.rfind("wake/", 0) == 0) {
+    // WakeRegistry: its arrival was the point. Our own presence probe (on_broker_connected)
+    // comes after any retained presence would have: none came, so nobody serves the prefix.
+    if (m->get_payload_str() == "presence-probe") {
+      const std::lock_guard lock(m_mutex);
+      if (m_presence == Presence::unknown) m_presence = Presence::absent;
+      m_cv.notify_all();
+    }
+    return;
+  }
   if (rest == "server") {
     const std::lock_guard lock(m_mutex);
     if (m_closing) return;
-    const std::string payload = m->get_payload_str();
-    if (m_server && m_generation > 1 && payload == "ferry-gone " + m_instance && m_connected) {
-      // The last will of our own previous broker connection came after we were back.
-      asio::post(io(), [this] { publish_presence(true); });
-    }
-    on_presence(payload);
+    on_presence(m->get_payload_str());
     return;
   }
+  // Connections never use retained publishes: one (a replayed hello, say) is someone else's.
+  if (m->is_retained()) return;
   // s/<tag>/<n> (server) or c/<tag>/<n> (client)
   const char dir = m_server ? 's' : 'c';
   if (rest.size() < 4 || rest[0] != dir || rest[1] != '/') return;
@@ -1073,7 +1128,25 @@ void MqttTransport::on_message(const mqtt::const_message_ptr& m) {
     const auto it = m_by_key.find(std::string(key));
     if (it != m_by_key.end()) {
       conn = it->second;
-    } else if (m_server) {
+    } else if (!m_server) {
+      // A server side we gave up on (a handshake that timed out, a connection that failed)
+      // still runs: tell it, as TCP's reset would, so it releases the session at once.
+      PubHeader h;
+      std::string why;
+      if (tag != m_tag || decode_pub_header(bytes_of(m), h, why) != Errc{} || h.kind != Kind::data) return;
+      std::string p(kPubHeaderSize + 4, '\0');
+      PubHeader r;
+      r.kind = Kind::reset;
+      r.window_pubs = static_cast<std::uint32_t>(m_mqtt.window_publishes);
+      r.window_bytes = m_mqtt.window_bytes;
+      encode_pub_header(r, std::span<std::byte, kPubHeaderSize>(reinterpret_cast<std::byte*>(p.data()), kPubHeaderSize));
+      put_le<std::uint32_t>(reinterpret_cast<std::byte*>(p.data()) + kPubHeaderSize, static_cast<std::uint32_t>(Errc::peer_lost));
+      asio::post(io(), [this, topic = this->topic("s", std::string(key)), p = std::move(p)]() mutable {
+        std::string ignored;
+        (void)publish(topic, mqtt::binary_ref(std::move(p)), false, ignored);
+      });
+      return;
+    } else {
       // A new client connection: its first publish (seq 1) must be a hello; anything else is
       // a stale connection's (ignored). Bounded: no more half-open connections than this.
       PubHeader h;
@@ -1118,6 +1191,7 @@ void MqttTransport::forget(const std::string& key) {
 MqttTransport::Sent MqttTransport::publish(const std::string& topic, const mqtt::binary_ref& payload, bool retained, std::string& why) {
   try {
     m_client->publish(topic, payload, retained ? 1 : m_mqtt.qos, retained);
+    sent.fetch_add(1, std::memory_order_relaxed);  // relaxed: statistics
     return Sent::ok;
   } catch (const mqtt::exception& e) {
     const int rc = e.get_return_code();
@@ -1178,6 +1252,20 @@ void MqttTransport::stop() {
   try {
     if (was_server_up) {  // clients learn at once that we are gone
       settle(m_client->publish(m_prefix + "/server", "ferry-gone " + m_instance, 1, true));
+    }
+    if (!m_server && m_client->is_connected()) {
+      // What the last will would say, which a clean DISCONNECT suppresses: a connection whose
+      // close did not complete ends on the server now, not at its keep-alive timeout.
+      std::string tag;
+      {
+        const std::lock_guard lock(m_mutex);
+        tag = m_tag;
+      }
+      std::string gone(kPubHeaderSize, '\0');
+      PubHeader h;
+      h.kind = Kind::gone;
+      encode_pub_header(h, std::span<std::byte, kPubHeaderSize>(reinterpret_cast<std::byte*>(gone.data()), kPubHeaderSize));
+      settle(m_client->publish(m_prefix + "/s/" + tag + "/will", gone.data(), gone.size(), 1, false));
     }
     // A clean DISCONNECT (no last will). Everything Ferry sent was acknowledged before close()
     // got here, so nothing queued needs paho's grace period (which it waits out in full).
