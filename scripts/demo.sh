@@ -3,16 +3,18 @@
 # The main job: installs what is missing, builds Ferry, and shows what it does with figures
 # measured on this machine: the shared-memory ring between two processes (one-way throughput
 # and round trips); messaging through the Communicator between two processes over TCP and TLS
-# on loopback, next to a plain Boost.Asio sender/receiver run in the same run; over shared
-# memory next to the raw ring; and auto://, where the same client code reaches a local server
-# over shared memory and one in another network namespace over TCP.
+# on loopback, next to a plain Boost.Asio sender/receiver run in the same run; over gRPC and
+# MQTT (a Mosquitto that ferry-bench starts on loopback and stops) next to plain gRPC and plain
+# paho; over shared memory next to the raw ring; and auto://, where the same client code
+# reaches a local server over shared memory and one in another network namespace over TCP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 
 # Same configuration as scripts/test.sh, so the two commands share one build.
 cmake -S . -B build -G Ninja -DFERRY_WARNINGS_AS_ERRORS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target ferry_bench_tool ferry_asio_baseline ferry_cli >/dev/null
+cmake --build build -j"$(nproc)" --target ferry_bench_tool ferry_asio_baseline ferry_grpc_baseline \
+  ferry_paho_baseline ferry_cli >/dev/null
 bench=build/bin/ferry-bench
 seconds=${FERRY_DEMO_SECONDS:-1}
 # What to undo on exit (the hugepage pool, a network namespace), in reverse order.
@@ -74,6 +76,16 @@ echo "-- the same unpinned, Ferry's get() polling 50 us before it sleeps (Option
 echo
 echo "-- net-queue's iops workload: 500 x 2 MiB, sync (client puts all, then gets all back)"
 "$bench" iops tcp pair sync --step-size 0 --max-size 21 --reps 500
+
+echo
+echo "== The same API through an RPC stack and a broker, for peers on other hosts"
+echo "-- gRPC (grpc://): one bidirectional stream per client; Ferry vs a plain gRPC callback stream"
+"$bench" comm --transport grpc --size 64,64K,2M --impl ferry,grpc --seconds "$seconds" --reps "$reps" --pin auto
+echo "-- MQTT (mqtt://broker:port/prefix), QoS 1, through a Mosquitto that ferry-bench starts on"
+echo "   loopback (server and client are both its clients); Ferry vs plain paho publishing with"
+echo "   the same workarounds (TCP_NODELAY, publishes of at most 512 KiB, 1 MiB unacknowledged)"
+"$bench" comm --transport mqtt --size 64,64K,2M --impl ferry,paho --seconds "$seconds" --reps "$reps" --pin auto
+"$bench" comm --transport mqtt --size 64 --pingpong --count 2000 --impl ferry,paho --reps 3
 
 echo
 echo "== The Communicator over shared memory (shm://): the same API, rings between the processes"

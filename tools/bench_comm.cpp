@@ -8,6 +8,7 @@
 // Layer: tools/.
 #include "bench_comm.hpp"
 #include "bench_util.hpp"
+#include "support/mosquitto.hpp"
 #include "support/tls_certs.hpp"
 #include "ferry/shm/wait.hpp"
 
@@ -423,17 +424,25 @@ struct CommRoleArgs {
   std::string host = "127.0.0.1";  // server: the address it listens on (tcp, tls, auto)
   int shm_spin_us = -1;            // ShmOptions::spin; -1: the default
   bool sleeping = false;           // server: sleep at once (no spin, no poll), whatever the above say
+  std::string broker;              // mqtt, mqtts: the broker's URL (mqtt://host:port)
+  int qos = 1;                     // mqtt, mqtts: MqttOptions::qos
+  std::size_t mqtt_publish = 0;    // MqttOptions::publish_size (0: the default)
+  std::size_t mqtt_window = 0;     // MqttOptions::window_bytes (0: the default)
   double interval_us = 0;          // client, pingpong: busy-waits this long before each round trip
   int timeout = 30;
 };
 
 // The options both roles set from their arguments.
 /// Transports that need the test certificates.
-bool needs_certs(const std::string& transport) { return transport == "tls" || transport == "grpcs"; }
+bool needs_certs(const std::string& transport) { return transport == "tls" || transport == "grpcs" || transport == "mqtts"; }
+bool is_mqtt(const std::string& transport) { return transport == "mqtt" || transport == "mqtts"; }
 
 Options role_options(const CommRoleArgs& a) {
   Options o;
   o.workers = a.workers;
+  o.mqtt.qos = a.qos;
+  if (a.mqtt_publish > 0) o.mqtt.publish_size = a.mqtt_publish;
+  if (a.mqtt_window > 0) o.mqtt.window_bytes = a.mqtt_window;
   o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
   o.shm.ring_size = a.ring_size;
   if (a.shm_spin_us >= 0) o.shm.spin = std::chrono::microseconds(a.shm_spin_us);
@@ -452,8 +461,11 @@ int comm_server_role(const CommRoleArgs& a) {
   const nanoseconds timeout = std::chrono::seconds(a.timeout);
   Options o = role_options(a);
   o.endpoint = a.transport == "shm" ? "shm://ferry-bench-" + std::to_string(::getpid())
-                                    : a.transport + "://" + a.host + ":0";
-  if (needs_certs(a.transport)) {
+               : is_mqtt(a.transport) ? a.broker + "/ferry-bench-" + std::to_string(::getpid())
+                                      : a.transport + "://" + a.host + ":0";
+  if (a.transport == "mqtts") {
+    o.security.ca = fs::path(a.cert_dir) / "ca.pem";  // a client of the broker, as the client is
+  } else if (needs_certs(a.transport)) {
     o.security.certificate = fs::path(a.cert_dir) / "server.pem";
     o.security.key = fs::path(a.cert_dir) / "server.key";
   }
@@ -531,7 +543,7 @@ int comm_client_role(const CommRoleArgs& a) {
   o.endpoint = a.endpoint;
   if (needs_certs(a.transport)) {
     o.security.ca = fs::path(a.cert_dir) / "ca.pem";
-    o.security.server_name = "localhost";
+    if (!is_mqtt(a.transport)) o.security.server_name = "localhost";
   }
   watchdog.phase("connecting");
   Communicator client = ferry::open(Purpose::client, std::move(o));
@@ -644,6 +656,10 @@ struct CommArgs {
   bool sleeping_server = false;
   double interval_us = 0;
   std::size_t asio_batch = 1;
+  std::string broker;  // mqtt, mqtts: the broker's URL; empty: this tool starts a Mosquitto
+  int qos = 1;
+  std::string mqtt_publish = "0";
+  std::string mqtt_window = "0";
   int timeout = 30;
   bool json_out = false;
 };
@@ -662,9 +678,14 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
                                   "--receive-spin", std::to_string(a.receive_spin_us),
                                   "--ring-size", std::to_string(parse_size(a.ring_size)),
                                   "--shm-spin", std::to_string(a.shm_spin_us),
+                                  "--qos",       std::to_string(a.qos),
+                                  "--mqtt-publish", std::to_string(parse_size(a.mqtt_publish)),
+                                  "--mqtt-window", std::to_string(parse_size(a.mqtt_window)),
                                   "--timeout",   std::to_string(a.timeout)};
   if (needs_certs(a.transport))
     common.insert(common.end(), {"--cert-dir", cert_dir.string()});
+  if (is_mqtt(a.transport))
+    common.insert(common.end(), {"--broker", a.broker});
   if (a.pingpong) {
     common.insert(common.end(), {"--pingpong", "--count", std::to_string(a.count), "--warmup",
                                  std::to_string(a.warmup)});
@@ -770,7 +791,15 @@ json run_baseline(const CommArgs& a, std::size_t size, const Pin& pin, const fs:
     common.insert(common.end(), {"--tls", "--cert-dir", cert_dir.string()});
   if (a.pingpong)
     common.emplace_back("--pingpong");
-  std::vector<std::string> server_args{"server", "--port", "0"};
+  // ferry-paho-baseline: both sides connect to the broker (its port), on a topic of their own.
+  std::string port = "0";
+  if (is_mqtt(a.transport)) {
+    const ferry::Endpoint broker = ferry::Endpoint::parse(a.broker);
+    port = std::to_string(broker.port);
+    common.insert(common.end(), {"--host", broker.host, "--qos", std::to_string(a.qos), "--topic",
+                                 "ferry-paho-baseline-" + std::to_string(::getpid())});
+  }
+  std::vector<std::string> server_args{"server", "--port", port};
   server_args.insert(server_args.end(), common.begin(), common.end());
   Process server(
       {.name = "the " + baseline.filename().string() + " server", .program = baseline, .args = server_args, .cpu = pin.b});
@@ -833,7 +862,7 @@ int comm_main(CommArgs a) {
   const auto baseline_of = [](const std::string& impl) {
     return self_exe().parent_path() / ("ferry-" + impl + "-baseline");
   };
-  for (const char* impl : {"asio", "grpc"}) {
+  for (const char* impl : {"asio", "grpc", "paho"}) {
     const auto it = std::find(impls.begin(), impls.end(), impl);
     if (it == impls.end())
       continue;
@@ -847,10 +876,22 @@ int comm_main(CommArgs a) {
   if (impls.empty())
     throw std::runtime_error("comm: nothing left to run");
   const bool with_asio = std::find(impls.begin(), impls.end(), "asio") != impls.end();
+  // mqtt, mqtts: a Mosquitto of our own unless --broker names one (its TLS listener has its own
+  // certificates: the roles trust their CA).
+  std::optional<ferry::testing::MosquittoBroker> own_broker;
+  if (is_mqtt(a.transport) && a.broker.empty()) {
+    ferry::testing::MosquittoBroker::Config bc;
+    bc.tls = a.transport == "mqtts";
+    bc.auth = false;
+    own_broker.emplace(bc);
+    a.broker = a.transport + "://127.0.0.1:" + std::to_string(bc.tls ? own_broker->tls_port() : own_broker->port());
+  }
   std::optional<ferry::testing::TlsCerts> certs;
-  if (needs_certs(a.transport))
+  if (needs_certs(a.transport) && !own_broker)
     certs.emplace();
-  const fs::path cert_dir = certs ? certs->dir() : fs::path();
+  const fs::path cert_dir = own_broker && own_broker->certs() ? own_broker->certs()->dir()
+                            : certs                            ? certs->dir()
+                                                               : fs::path();
 
   if (!a.json_out) {
     if (a.pingpong) {
@@ -897,7 +938,7 @@ int comm_main(CommArgs a) {
     double asio_value = 0;
     std::string baseline_name;
     for (std::size_t i = 0; i < impls.size(); ++i) {
-      if (impls[i] == "asio" || impls[i] == "ring" || impls[i] == "grpc") {
+      if (impls[i] == "asio" || impls[i] == "ring" || impls[i] == "grpc" || impls[i] == "paho") {
         asio_value = med(i, key);
         baseline_name = impls[i];
       }
@@ -999,9 +1040,10 @@ struct IopsArgs {
   bool announce = false; // hidden: a server prints "listening <url>" first (pair)
 };
 
-/// The scheme an iops run uses: --secure makes tcp tls and grpc grpcs.
+/// The scheme an iops run uses: --secure makes tcp tls, grpc grpcs and mqtt mqtts.
 std::string iops_scheme(const IopsArgs& a) {
   if (a.transport == "grpc" || a.transport == "grpcs") return a.secure ? "grpcs" : "grpc";
+  if (is_mqtt(a.transport)) return a.secure ? "mqtts" : "mqtt";
   if (a.transport == "shm" || a.transport == "auto") return a.transport;
   return a.secure ? "tls" : "tcp";
 }
@@ -1058,13 +1100,14 @@ Options iops_options(const IopsArgs& a, Purpose purpose, std::size_t max_message
     o.endpoint = "shm://ferry-iops-" + std::to_string(a.port);  // the port number names the rendezvous
   } else {
     const std::string scheme = iops_scheme(a);
-    o.endpoint = scheme + "://" + host + ":" + std::to_string(a.port);
+    // mqtt: host and port name the broker; the server and its clients meet under one prefix.
+    o.endpoint = scheme + "://" + host + ":" + std::to_string(a.port) + (is_mqtt(a.transport) ? "/ferry-iops" : "");
   }
   o.workers = a.workers;
   o.connection.message_size = std::max(o.connection.message_size, max_message);
   o.connection.connect_timeout = std::chrono::seconds(a.timeout);
   if (a.secure && !a.cert_dir.empty()) {
-    if (purpose == Purpose::server) {
+    if (purpose == Purpose::server && !is_mqtt(a.transport)) {
       o.security.certificate = fs::path(a.cert_dir) / "server.pem";
       o.security.key = fs::path(a.cert_dir) / "server.key";
     } else {
@@ -1343,7 +1386,7 @@ std::vector<std::string> iops_role_args(const IopsArgs& a, const std::string& pu
                                         const std::string& cert_dir) {
   char expo[32];
   std::snprintf(expo, sizeof expo, "%.17g", a.step_expo);
-  std::vector<std::string> args{"iops",        a.transport == "tls" ? "tcp" : a.transport == "grpcs" ? "grpc" : a.transport,
+  std::vector<std::string> args{"iops",        a.transport == "tls" ? "tcp" : a.transport == "grpcs" ? "grpc" : a.transport == "mqtts" ? "mqtt" : a.transport,
                                 purpose,       a.mode,
                                 "--min-size",  std::to_string(a.min_size),
                                 "--step-size", std::to_string(a.step_size),
@@ -1363,14 +1406,27 @@ std::vector<std::string> iops_role_args(const IopsArgs& a, const std::string& pu
 
 // pair: one server and --clients client processes of this binary; every side's result.
 int iops_pair(const IopsArgs& a) {
+  // mqtt without --port: a Mosquitto of our own (with TLS for --secure), whose memory is
+  // reported after the run.
+  std::optional<ferry::testing::MosquittoBroker> broker;
+  if (is_mqtt(a.transport) && !a.port_given) {
+    ferry::testing::MosquittoBroker::Config bc;
+    bc.tls = a.secure;
+    bc.auth = false;
+    broker.emplace(bc);
+  }
   std::optional<ferry::testing::TlsCerts> certs;
   std::string cert_dir = a.cert_dir;
+  if (broker && a.secure && cert_dir.empty()) cert_dir = broker->certs()->dir().string();
   if (a.secure && cert_dir.empty()) {
     certs.emplace();
     cert_dir = certs->dir().string();
   }
-  std::vector<std::string> server_args =
-      iops_role_args(a, "server", a.port_given ? a.port : a.transport == "shm" ? static_cast<int>(::getpid()) : 0, cert_dir);
+  const int server_port = broker           ? (a.secure ? broker->tls_port() : broker->port())
+                          : a.port_given   ? a.port
+                          : a.transport == "shm" ? static_cast<int>(::getpid())
+                                                 : 0;
+  std::vector<std::string> server_args = iops_role_args(a, "server", server_port, cert_dir);
   server_args.emplace_back("--announce");
   Process server({.name = "the iops server process", .program = self_exe(), .args = server_args});
   // The server allocates and fills a buffer of 2**max_size bytes before it listens.
@@ -1399,16 +1455,32 @@ int iops_pair(const IopsArgs& a) {
   expect_clean_exit(server);
   for (auto& c : clients)
     expect_clean_exit(*c);
+  const auto per_client = results.back()["messages"].get<unsigned long long>();
+  if (broker) {
+    // The broker's memory: its peak resident set over the run (VmHWM), and now.
+    json b{{"side", "broker"}};
+    std::ifstream status("/proc/" + std::to_string(broker->pid()) + "/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmHWM:", 0) == 0) b["peak_rss_kib"] = std::stoll(line.substr(6));
+      if (line.rfind("VmRSS:", 0) == 0) b["rss_kib"] = std::stoll(line.substr(6));
+    }
+    results.push_back(b);
+  }
   if (!a.json_out) {
     std::printf(
         "ferry-bench iops: %s pair %s, %d client%s, %llu messages per client and direction\n",
         iops_scheme(a).c_str(), a.mode.c_str(), a.clients, a.clients == 1 ? "" : "s",
-        results.back()["messages"].get<unsigned long long>());
+        per_client);
   }
   for (const json& r : results) {
     if (a.json_out) {
       std::printf("%s\n", r.dump().c_str());
     } else {
+      if (r["side"] == "broker") {
+        std::printf("broker (Mosquitto): peak RSS %.1f MiB, now %.1f MiB\n", r.value("peak_rss_kib", 0) / 1024.0,
+                    r.value("rss_kib", 0) / 1024.0);
+        continue;
+      }
       std::printf("%s:\n", r["side"].get<std::string>().c_str());
       print_iops_human(r);
     }
@@ -1418,7 +1490,7 @@ int iops_pair(const IopsArgs& a) {
 }
 
 int iops_main(IopsArgs a) {
-  if (a.transport == "tls" || a.transport == "grpcs")
+  if (a.transport == "tls" || a.transport == "grpcs" || a.transport == "mqtts")
     a.secure = true;
   if (a.min_size < 0 || a.max_size < a.min_size || a.max_size > 40) {
     throw CLI::ValidationError("--max-size", "needs 0 <= --min-size <= --max-size <= 40");
@@ -1497,9 +1569,16 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   auto comm = std::make_shared<CommArgs>();
   auto* comm_cmd = app.add_subcommand("comm", "the Communicator over tcp/tls between two "
                                               "processes: streaming or round trips, vs plain Asio");
-  comm_cmd->add_option("--transport", comm->transport, "tcp | tls | shm | auto | grpc | grpcs")
-      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto", "grpc", "grpcs"}))
+  comm_cmd->add_option("--transport", comm->transport, "tcp | tls | shm | auto | grpc | grpcs | mqtt | mqtts")
+      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto", "grpc", "grpcs", "mqtt", "mqtts"}))
       ->capture_default_str();
+  comm_cmd->add_option("--broker", comm->broker,
+                       "mqtt, mqtts: the broker (mqtt://host:port); default: start a Mosquitto on loopback");
+  comm_cmd->add_option("--qos", comm->qos, "mqtt, mqtts: QoS of Ferry's publishes (and the paho baseline's)")
+      ->check(CLI::Range(0, 1))
+      ->capture_default_str();
+  comm_cmd->add_option("--mqtt-publish", comm->mqtt_publish, "mqtt: MqttOptions::publish_size (0: its default)");
+  comm_cmd->add_option("--mqtt-window", comm->mqtt_window, "mqtt: MqttOptions::window_bytes (0: its default)");
   comm_cmd->add_option("--size", comm->sizes, "message size(s), e.g. 64 or 64,1K,64K,2M")
       ->delimiter(',')
       ->capture_default_str();
@@ -1509,10 +1588,11 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   comm_cmd
       ->add_option("--impl", comm->impls,
                    "ferry | asio (ferry-asio-baseline, next to this binary, for tcp/tls) | ring (the raw byte "
-                   "ring, for shm) | grpc (ferry-grpc-baseline, a plain gRPC stream, for grpc/grpcs); a list runs "
+                   "ring, for shm) | grpc (ferry-grpc-baseline, a plain gRPC stream, for grpc/grpcs) | paho "
+                   "(ferry-paho-baseline, plain paho publish/subscribe, for mqtt/mqtts); a list runs "
                    "each, alternating run by run")
       ->delimiter(',')
-      ->check(CLI::IsMember({"ferry", "asio", "ring", "grpc"}))
+      ->check(CLI::IsMember({"ferry", "asio", "ring", "grpc", "paho"}))
       ->capture_default_str();
   comm_cmd->add_flag("--pingpong", comm->pingpong,
                      "round trips (the server echoes) instead of streaming");
@@ -1580,6 +1660,10 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
     cmd->add_option("--ring-size", role->ring_size);
     cmd->add_option("--host", role->host);
     cmd->add_option("--shm-spin", role->shm_spin_us);
+    cmd->add_option("--qos", role->qos);
+    cmd->add_option("--mqtt-publish", role->mqtt_publish);
+    cmd->add_option("--mqtt-window", role->mqtt_window);
+    cmd->add_option("--broker", role->broker);
     cmd->add_option("--timeout", role->timeout);
   }
   client_cmd->add_option("--endpoint", role->endpoint)->required();
@@ -1591,9 +1675,11 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
   auto iops = std::make_shared<IopsArgs>();
   auto* iops_cmd =
       app.add_subcommand("iops", "net-queue's IOPS test (test/iops.py) over the Communicator");
-  iops_cmd->add_option("transport", iops->transport, "tcp | tls (tls = tcp --secure) | shm | auto | grpc | grpcs (= grpc --secure)")
+  iops_cmd->add_option("transport", iops->transport,
+                       "tcp | tls (tls = tcp --secure) | shm | auto | grpc | grpcs (= grpc --secure) | mqtt | mqtts "
+                       "(= mqtt --secure; --host and --port name the broker; pair without --port starts a Mosquitto)")
       ->required()
-      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto", "grpc", "grpcs"}));
+      ->check(CLI::IsMember({"tcp", "tls", "shm", "auto", "grpc", "grpcs", "mqtt", "mqtts"}));
   iops_cmd
       ->add_option("purpose", iops->purpose,
                    "server | client | pair (this tool starts one server and --clients clients, and "
