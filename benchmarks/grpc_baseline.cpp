@@ -32,6 +32,8 @@
 #include <thread>
 #include <vector>
 
+#include "baseline_support.hpp"
+
 namespace {
 
 using nlohmann::json;
@@ -54,12 +56,6 @@ struct Args {
   std::uint64_t warmup = 1'000;
 };
 
-std::size_t parse_size(const std::string& t) {
-  std::size_t n = std::stoull(t);
-  if (t.back() == 'K' || t.back() == 'k') n <<= 10;
-  if (t.back() == 'M' || t.back() == 'm') n <<= 20;
-  return n;
-}
 
 std::string read_file(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
@@ -69,43 +65,11 @@ std::string read_file(const std::string& p) {
   return s.str();
 }
 
-/// Ends the process when nothing moved for the timeout (every wait below is unbounded).
-class Watchdog {
- public:
-  explicit Watchdog(int seconds) : m_limit(std::chrono::seconds(seconds)) {
-    m_thread = std::thread([this] {
-      std::unique_lock lock(m_mutex);
-      while (!m_done) {
-        if (m_cv.wait_for(lock, m_limit, [&] { return m_done || m_moved; })) {
-          m_moved = false;
-          continue;
-        }
-        std::fprintf(stderr, "ferry-grpc-baseline: no progress for %lld s\n", static_cast<long long>(m_limit.count()));
-        std::_Exit(3);
-      }
-    });
-  }
-  ~Watchdog() {
-    {
-      const std::lock_guard lock(m_mutex);
-      m_done = true;
-    }
-    m_cv.notify_all();
-    m_thread.join();
-  }
-  void moved() {
-    const std::lock_guard lock(m_mutex);
-    m_moved = true;
-    m_cv.notify_all();
-  }
+using ferry::baseline::parse_size;
 
- private:
-  std::chrono::seconds m_limit;
-  std::mutex m_mutex;
-  std::condition_variable m_cv;
-  bool m_done = false;
-  bool m_moved = false;
-  std::thread m_thread;
+/// Every wait below is unbounded: the watchdog ends a process that stopped moving.
+struct Watchdog : ferry::baseline::Watchdog {
+  explicit Watchdog(int seconds) : ferry::baseline::Watchdog("ferry-grpc-baseline", seconds) {}
 };
 
 /// Waits for one event set by a reaction.

@@ -39,6 +39,8 @@
 
 #include "transport/mqtt/broker_socket.hpp"
 
+#include "baseline_support.hpp"
+
 namespace {
 
 using nlohmann::json;
@@ -67,50 +69,12 @@ struct Args {
   int sndbuf = 0;
 };
 
-std::size_t parse_size(const std::string& t) {
-  std::size_t n = std::stoull(t);
-  if (t.back() == 'K' || t.back() == 'k') n <<= 10;
-  if (t.back() == 'M' || t.back() == 'm') n <<= 20;
-  return n;
-}
 
-/// Ends the process when nothing moved for the timeout.
-class Watchdog {
- public:
-  explicit Watchdog(int seconds) : m_limit(std::chrono::seconds(seconds)) {
-    m_thread = std::thread([this] {
-      std::unique_lock lock(m_mutex);
-      while (!m_done) {
-        if (m_cv.wait_for(lock, m_limit, [&] { return m_done || m_moved; })) {
-          m_moved = false;
-          continue;
-        }
-        std::fprintf(stderr, "ferry-paho-baseline: no progress for %lld s\n", static_cast<long long>(m_limit.count()));
-        std::_Exit(3);
-      }
-    });
-  }
-  ~Watchdog() {
-    {
-      const std::lock_guard lock(m_mutex);
-      m_done = true;
-    }
-    m_cv.notify_all();
-    m_thread.join();
-  }
-  void moved() {
-    const std::lock_guard lock(m_mutex);
-    m_moved = true;
-    m_cv.notify_all();
-  }
+using ferry::baseline::parse_size;
 
- private:
-  std::chrono::seconds m_limit;
-  std::mutex m_mutex;
-  std::condition_variable m_cv;
-  bool m_done = false;
-  bool m_moved = false;
-  std::thread m_thread;
+/// Every wait below is unbounded: the watchdog ends a process that stopped moving.
+struct Watchdog : ferry::baseline::Watchdog {
+  explicit Watchdog(int seconds) : ferry::baseline::Watchdog("ferry-paho-baseline", seconds) {}
 };
 
 std::unique_ptr<mqtt::async_client> make_client(const Args& a, const std::string& role) {

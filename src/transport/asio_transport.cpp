@@ -47,6 +47,44 @@ std::string AsioTransport::refusal(const framing::Hello& reply) const {
   return make_error_code(e).message();
 }
 
+std::optional<Failure> AsioTransport::attach_reply(const framing::Hello& reply, const std::shared_ptr<Link>& link,
+                                                   const std::string& remote, std::shared_ptr<Session>& session,
+                                                   std::uint64_t& next_expected) {
+  if (reply.status != 0) {
+    return Failure{static_cast<Errc>(reply.status), "server " + remote + " refused the connection: " + refusal(reply)};
+  }
+  std::string why;
+  const Errc e = m_owner.attach_server(reply, link, session, next_expected, why);
+  if (e != Errc{}) {
+    session.reset();
+    return Failure{e, "handshake with " + remote + ": " + why};
+  }
+  return std::nullopt;
+}
+
+Errc answer_hello(CommunicatorImpl& owner, const framing::Hello& hello, Errc decoded, const char* scheme,
+                  const std::shared_ptr<Link>& link, framing::Hello& reply, std::shared_ptr<Session>& session,
+                  std::uint64_t& next_expected, std::string& why) {
+  Errc e = decoded;
+  if (e == Errc{} && (hello.flags & framing::kHelloProbe) != 0) {
+    e = Errc::unavailable;
+    why = std::string("auto:// probes are answered over tcp://, not ") + scheme + "://";
+  }
+  if (e == Errc{}) {
+    e = owner.accept_client(hello, link, reply, session, next_expected, why);
+  } else {
+    reply.id = owner.options().id;
+    reply.max_chunk = owner.max_chunk();
+    reply.max_message = owner.options().connection.message_size;
+  }
+  if (e != Errc{}) {
+    session.reset();
+    reply.status = static_cast<std::uint32_t>(e);
+    reply.flags = 0;
+  }
+  return e;
+}
+
 framing::Locality local_locality() {
   framing::Locality l;
   std::ifstream f("/proc/sys/kernel/random/boot_id");

@@ -38,6 +38,15 @@ struct Failure {
   std::string what;
 };
 
+class AsioTransport;
+
+/// Server, for a transport that answers no auto:// probes (grpc, mqtt): takes a client's hello
+/// (decoded: decode_hello's result, why its reason) and fills the reply. Errc{}: the client is
+/// accepted (session and next_expected set); otherwise the refusal, sent in reply.status.
+Errc answer_hello(CommunicatorImpl& owner, const framing::Hello& hello, Errc decoded, const char* scheme,
+                  const std::shared_ptr<Link>& link, framing::Hello& reply, std::shared_ptr<Session>& session,
+                  std::uint64_t& next_expected, std::string& why);
+
 /// A link that the transport's stop() can abort.
 class AsioLink : public Link {
  public:
@@ -74,6 +83,10 @@ class AsioTransport : public Transport {
   void link_ended(const std::shared_ptr<AsioLink>& link, bool was_running);
   /// The reason a server gave in its refusing hello, for the client's error.
   std::string refusal(const framing::Hello& reply) const;
+  /// Client: the server's reply hello on `link` (to `remote`): a refusal, or our session
+  /// attached (nullopt; session and next_expected set).
+  std::optional<Failure> attach_reply(const framing::Hello& reply, const std::shared_ptr<Link>& link, const std::string& remote,
+                                      std::shared_ptr<Session>& session, std::uint64_t& next_expected);
 
   /// auto:// server: the shm rendezvous socket that probes are told about ("" until set).
   void advertise_shm(std::string path);

@@ -25,6 +25,7 @@
 #include "core/sanitizers.hpp"
 #include "transport/shm/shm_transport.hpp"
 #include "support/mosquitto.hpp"
+#include "support/numbered.hpp"
 #include "support/spawn.hpp"
 #include "support/tcp_proxy.hpp"
 #include "support/tls_certs.hpp"
@@ -46,25 +47,10 @@ Errc errc_of(const std::function<void()>& fn) {
   return Errc{};
 }
 
-Bytes numbered(std::uint64_t i, std::size_t size = 64) {
-  Bytes b(std::max(size, sizeof i));
-  std::memset(b.data(), static_cast<int>(i & 0xff), b.size());
-  std::memcpy(b.data(), &i, sizeof i);
-  return b;
-}
+using test::numbered;
+using test::number_of;
 
-std::uint64_t number_of(const Message& m) {
-  std::uint64_t i = 0;
-  EXPECT_GE(m.data.size(), sizeof i);
-  std::memcpy(&i, m.data.data(), sizeof i);
-  return i;
-}
-
-Message must_get(Communicator& c, std::chrono::nanoseconds timeout = kWait) {
-  auto m = c.get_for(timeout);
-  if (!m) throw std::runtime_error("no message within the deadline");
-  return std::move(*m);
-}
+Message must_get(Communicator& c, std::chrono::nanoseconds timeout = kWait) { return test::must_get(c, timeout); }
 
 /// A raw socket (TCP, or the Unix socket of an shm server) to poke a server with bytes that
 /// are not Ferry's.

@@ -12,7 +12,9 @@
 #include <cstring>
 #include <thread>
 
+#include "support/errors.hpp"
 #include "support/mosquitto.hpp"
+#include "support/numbered.hpp"
 #include "support/mqtt_drop_proxy.hpp"
 #include "transport/mqtt/mqtt_transport.hpp"
 
@@ -23,33 +25,13 @@ using namespace std::chrono_literals;
 using testing::MosquittoBroker;
 constexpr auto kWait = 20s;
 
-Errc errc_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.errc();
-  }
-  return Errc{};
-}
+using test::number_of;
 
-Bytes numbered(std::uint64_t i, std::size_t size = 256) {
-  Bytes b(std::max(size, sizeof i));
-  std::memset(b.data(), static_cast<int>(i & 0xff), b.size());
-  std::memcpy(b.data(), &i, sizeof i);
-  return b;
-}
-
-std::uint64_t number_of(const Message& m) {
-  std::uint64_t i = 0;
-  EXPECT_GE(m.data.size(), sizeof i);
-  std::memcpy(&i, m.data.data(), sizeof i);
-  return i;
-}
-
-Message must_get(Communicator& c, std::chrono::nanoseconds timeout = kWait) {
-  auto m = c.get_for(timeout);
-  if (!m) throw std::runtime_error("no message within the deadline");
-  return std::move(*m);
+Bytes numbered(std::uint64_t i, std::size_t size = 256) { return test::numbered(i, size); }
+Message must_get(Communicator& c, std::chrono::nanoseconds timeout = kWait) { return test::must_get(c, timeout); }
+template <class F>
+Errc errc_of(F&& f) {
+  return test::error_of(std::forward<F>(f));
 }
 
 std::string url(std::uint16_t port, const std::string& prefix) { return "mqtt://127.0.0.1:" + std::to_string(port) + "/" + prefix; }

@@ -452,22 +452,8 @@ void Connection::on_hello() {
   std::uint64_t next_expected = 1;
   if (m_role == Role::server) {
     framing::Hello reply;
-    Errc e = decoded;
-    if (e == Errc{} && (hello.flags & framing::kHelloProbe) != 0) {
-      e = Errc::unavailable;
-      why = "auto:// probes are answered over tcp://, not grpc://";
-    }
-    if (e == Errc{}) {
-      e = m_owner.accept_client(hello, shared_from_this(), reply, m_session, next_expected, why);
-    } else {
-      reply.id = m_owner.options().id;
-      reply.max_chunk = m_owner.max_chunk();
-      reply.max_message = m_owner.options().connection.message_size;
-    }
+    const Errc e = answer_hello(m_owner, hello, decoded, "grpc", shared_from_this(), reply, m_session, next_expected, why);
     if (e != Errc{}) {
-      m_session.reset();
-      reply.status = static_cast<std::uint32_t>(e);
-      reply.flags = 0;
       m_refusal = Failure{e, "refused client " + m_remote + ": " + why};
     } else {
       m_reader.start(m_session, next_expected);
@@ -479,14 +465,8 @@ void Connection::on_hello() {
     return;  // run() (or the refusal) once the reply is written
   }
   if (decoded != Errc{}) return handshake_failed({decoded, "handshake with " + m_remote + ": " + why});
-  if (hello.status != 0) {
-    return handshake_failed({static_cast<Errc>(hello.status),
-                             "server " + m_remote + " refused the connection: " + m_transport.refusal(hello)});
-  }
-  const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
-  if (e != Errc{}) {
-    m_session.reset();
-    return handshake_failed({e, "handshake with " + m_remote + ": " + why});
+  if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
+    return handshake_failed(std::move(*f));
   }
   m_reader.start(m_session, next_expected);
   m_reply_read = true;

@@ -614,10 +614,8 @@ void Connection::on_server_reply(std::vector<Fd> fds) {
   m_event.emplace(m_strand, fds[kClientEvent].release());
   m_getter_event = std::move(fds[kClientGetterEvent]);
   std::uint64_t next_expected = 1;
-  const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
-  if (e != Errc{}) {
-    m_session.reset();
-    return handshake_failed({e, "handshake with " + m_remote + ": " + why});
+  if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
+    return handshake_failed(std::move(*f));
   }
   m_reader.start(m_session, next_expected);
   run();

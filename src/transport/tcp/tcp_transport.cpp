@@ -386,14 +386,8 @@ void Connection::on_hello(const framing::Hello& hello) {
     });
     return;
   }
-  if (hello.status != 0) {
-    return handshake_failed({static_cast<Errc>(hello.status),
-                             "server " + m_remote + " refused the connection: " + m_transport.refusal(hello)});
-  }
-  const Errc e = m_owner.attach_server(hello, shared_from_this(), m_session, next_expected, why);
-  if (e != Errc{}) {
-    m_session.reset();
-    return handshake_failed({e, "handshake with " + m_remote + ": " + why});
+  if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
+    return handshake_failed(std::move(*f));
   }
   m_reader.start(m_session, next_expected);
   run();
