@@ -314,7 +314,8 @@ class MqttTransport final : public AsioTransport {
   void on_presence(const std::string& payload);       // paho's thread, m_mutex held
   /// Fails every connection (or those of one tag); m_mutex not held.
   void fail_all(Errc errc, const std::string& what, const std::string& tag = {});
-  void publish_presence(bool present);
+  /// Server: our presence, retained on <prefix>/server.
+  void publish_presence();
   /// Waits (constructor) until pred or the deadline; false on timeout.
   template <typename Pred>
   bool wait_until(Clock::time_point deadline, Pred pred) {
@@ -350,7 +351,6 @@ class MqttTransport final : public AsioTransport {
   std::uint64_t m_attempts = 0;  // broker connection attempts made
   bool m_refused = false;  // the broker refused our credentials
   bool m_announced = false;  // server: its presence was published (only then does it clear it)
-  std::uint64_t m_generation = 0;  // broker connections made
   std::string m_tag;               // client: the current broker connection's tag
   std::string m_attempt_tag;       // the tag of the connection being attempted
   std::string m_last_error;
@@ -842,7 +842,7 @@ MqttTransport::MqttTransport(CommunicatorImpl& owner, const Endpoint& endpoint)
       }
       throw Error(Errc::not_found, "cannot reach the MQTT broker at " + m_broker + (why.empty() ? "" : ": " + why));
     }
-    // The presence: a retained publish comes right after the subscription's acknowledgement.
+    // The presence: known once our probe comes back through the broker (on_broker_connected).
     (void)wait_until(Clock::now() + m_mqtt.presence_wait, [&] { return m_presence != Presence::unknown; });
 
     if (m_server) {
@@ -861,7 +861,7 @@ MqttTransport::MqttTransport(CommunicatorImpl& owner, const Endpoint& endpoint)
         m_announced = true;
       }
       m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos)->wait_for(conn().connect_timeout);
-      publish_presence(true);
+      publish_presence();
       return;
     }
     connect_first();
@@ -950,21 +950,16 @@ void MqttTransport::on_broker_connected(const std::string& tag) {
   // paho never sets TCP_NODELAY: without it each small publish waits for the broker's delayed
   // ACK (QoS 1 round trips of ~88 ms on loopback instead of ~0.25 ms).
   (void)mqtt_socket::tune(m_broker_addresses);
-  std::uint64_t generation = 0;
+  bool announced = false;  // a reconnection of a server that passed its presence check
   {
     const std::lock_guard lock(m_mutex);
     m_connecting = false;
     if (m_closing) return;
     m_connected = true;
-    generation = ++m_generation;
     m_retry_delay = std::chrono::milliseconds(10);
     m_tag = tag;
     m_presence = Presence::unknown;
     m_presence_deadline = Clock::now() + m_mqtt.presence_wait;
-  }
-  bool announced = false;
-  {
-    const std::lock_guard lock(m_mutex);
     announced = m_announced;
   }
   try {
@@ -973,9 +968,12 @@ void MqttTransport::on_broker_connected(const std::string& tag) {
     m_client->subscribe(m_wake_topic, 1);
     if (m_server) {
       m_client->subscribe(m_prefix + "/server", 1);
-      // Clients' hellos only once this server passed the presence check (the constructor).
-      if (announced) m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos);
-      if (announced && generation > 1) publish_presence(true);
+      // Clients' hellos only once this server passed the presence check (the constructor
+      // subscribes and announces the first time).
+      if (announced) {
+        m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos);
+        publish_presence();
+      }
     } else {
       m_client->subscribe(m_prefix + "/c/" + tag + "/+", m_mqtt.qos);
       m_client->subscribe(m_prefix + "/server", 1);
@@ -1015,9 +1013,9 @@ void MqttTransport::fail_all(Errc errc, const std::string& what, const std::stri
   for (const auto& c : conns) c->lost(errc, what);
 }
 
-void MqttTransport::publish_presence(bool present) {
+void MqttTransport::publish_presence() {
   std::string why;
-  (void)publish(m_prefix + "/server", mqtt::binary_ref((present ? "ferry-server " : "ferry-gone ") + m_instance), true, why);
+  (void)publish(m_prefix + "/server", mqtt::binary_ref("ferry-server " + m_instance), true, why);
 }
 
 void MqttTransport::on_presence(const std::string& payload) {
@@ -1028,7 +1026,7 @@ void MqttTransport::on_presence(const std::string& payload) {
     if (m_announced) {
       // Anything on P/server but our own presence (a refused server's or our own old last
       // will, a forged or stale publish) is overwritten: we are the server here.
-      if (payload != "ferry-server " + m_instance && m_connected) asio::post(io(), [this] { publish_presence(true); });
+      if (payload != "ferry-server " + m_instance && m_connected) asio::post(io(), [this] { publish_presence(); });
     } else if (present && instance != m_instance && m_presence == Presence::unknown) {
       m_other_server = true;
     }
