@@ -32,6 +32,9 @@ inline std::chrono::milliseconds keepalive_period(const ConnectionOptions& c) {
   return std::max(std::chrono::milliseconds(1), std::min(c.keepalive_interval, c.keepalive_timeout / 4));
 }
 
+/// A ferry code as the std::error_code a Link and a Session pass around.
+inline std::error_code ferry_code(Errc e) { return make_error_code(e); }
+
 /// Why a connection attempt or a live connection failed, as a ferry code with its context.
 struct Failure {
   Errc errc = Errc::peer_lost;

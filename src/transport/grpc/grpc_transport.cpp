@@ -40,8 +40,6 @@ using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
 using Done = AsioTransport::Done;
 
-std::error_code ferry_code(Errc e) { return make_error_code(e); }
-
 /// The largest gRPC message either side sends or accepts, set explicitly: gRPC's default
 /// receive cap. A batch larger than this goes out as several messages (the frame reader
 /// carries a frame across them as it does across TCP reads), so no peer can make us buffer

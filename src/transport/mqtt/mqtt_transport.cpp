@@ -115,8 +115,6 @@ using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
 using Done = AsioTransport::Done;
 
-std::error_code ferry_code(Errc e) { return make_error_code(e); }
-
 std::string random_hex(std::size_t digits) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   static constexpr char kHex[] = "0123456789abcdef";
@@ -232,7 +230,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   CommunicatorImpl& m_owner;
   const std::string m_key;    // "<tag>/<n>"
   const std::string m_tag;
-  std::string m_out_topic;
+  mqtt::string_ref m_out_topic;  // shared with each publish's message: no copy per publish
   std::string m_remote;
   asio::strand<asio::io_context::executor_type> m_strand;
   asio::steady_timer m_timer;
@@ -278,7 +276,7 @@ class MqttTransport final : public AsioTransport {
   enum class Sent { ok, busy, failed };
   /// Publishes on the broker connection (any thread). busy: paho's queue or its message ids
   /// are full for now (retry shortly); failed: not connected (why says so).
-  Sent publish(const std::string& topic, const mqtt::binary_ref& payload, bool retained, std::string& why);
+  Sent publish(const mqtt::string_ref& topic, const mqtt::binary_ref& payload, bool retained, std::string& why);
 
   bool tls() const noexcept { return m_endpoint.scheme == Scheme::mqtts; }
   int qos() const noexcept { return m_mqtt.qos; }
@@ -1163,7 +1161,7 @@ void MqttTransport::forget(const std::string& key) {
   m_by_key.erase(key);
 }
 
-MqttTransport::Sent MqttTransport::publish(const std::string& topic, const mqtt::binary_ref& payload, bool retained, std::string& why) {
+MqttTransport::Sent MqttTransport::publish(const mqtt::string_ref& topic, const mqtt::binary_ref& payload, bool retained, std::string& why) {
   try {
     m_client->publish(topic, payload, retained ? 1 : m_mqtt.qos, retained);
     sent.fetch_add(1, std::memory_order_relaxed);  // relaxed: statistics

@@ -96,8 +96,6 @@ constexpr unsigned kRecordsPerRound = 8;
 /// A get() that reads the ring itself takes at most this many records, then returns.
 constexpr unsigned kPollRecords = 64;
 
-std::error_code ferry_code(Errc e) { return make_error_code(e); }
-
 Failure translate(const error_code& ec, const std::string& context) {
   Failure f;
   f.what = context + ": " + ec.message();

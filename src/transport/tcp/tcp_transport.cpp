@@ -40,8 +40,6 @@ constexpr std::size_t kDirectReadAbove = std::size_t{16} << 10;  // read straigh
 constexpr std::size_t kInlineAlwaysFrom = std::size_t{16} << 10;
 constexpr auto kInlineIdleAfter = std::chrono::microseconds(10);
 
-std::error_code ferry_code(Errc e) { return make_error_code(e); }
-
 Failure translate(const error_code& ec, const std::string& context) {
   Failure f;
   f.what = context + ": " + ec.message();
