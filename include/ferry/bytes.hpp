@@ -74,6 +74,11 @@ class Bytes {
   [[nodiscard]] const std::byte* data() const noexcept { return m_data.get(); }
   [[nodiscard]] std::size_t size() const noexcept { return m_size; }
   [[nodiscard]] bool empty() const noexcept { return m_size == 0; }
+  /// Drops the bytes from n on (n <= size()); keeps the allocation. What a receiver uses to
+  /// strip a trailer without copying the bytes before it.
+  void truncate(std::size_t n) noexcept {
+    if (n < m_size) m_size = n;
+  }
   [[nodiscard]] std::span<std::byte> span() noexcept { return {data(), m_size}; }
   [[nodiscard]] std::span<const std::byte> span() const noexcept { return {data(), m_size}; }
   /// The bytes as characters (no copy).

@@ -24,6 +24,8 @@ enum class Errc {
   protocol_error,     ///< bytes from a peer or a segment violate the format
   system,             ///< an unexpected OS error; the errno is kept in the message
   internal,           ///< a bug in Ferry
+  cancelled,          ///< the caller cancelled the operation (ferry::rpc::Call::cancel)
+  remote_error,       ///< a remote handler failed (threw); the message carries its what()
 };
 
 namespace detail {
@@ -46,6 +48,8 @@ class ErrorCategory final : public std::error_category {
       case Errc::protocol_error: return "protocol error";
       case Errc::system: return "system error";
       case Errc::internal: return "internal error";
+      case Errc::cancelled: return "cancelled";
+      case Errc::remote_error: return "remote error";
     }
     return "unknown ferry error";
   }

@@ -11,3 +11,4 @@
 #include <ferry/options.hpp>
 #include <ferry/peer_id.hpp>
 #include <ferry/put_handle.hpp>
+#include <ferry/rpc.hpp>

@@ -1,0 +1,666 @@
+// SPDX-License-Identifier: Apache-2.0
+// ferry::rpc: the service's workers, and the client's correlation ids, deadlines and reply
+// routing, over one Communicator each. Layer: src/rpc (uses only the public Communicator API).
+//
+// Server: every worker blocks in get() on the service's Communicator and runs the call it
+// takes, so a call is one hand-off (from the transport to a worker) and calls run concurrently
+// up to the number of workers.
+//
+// Client: no thread of its own. A thread that waits for a reply reads the connection itself
+// (the "leader"); a reply for another call is handed to that call's waiter, and when the
+// leader's own call is done the next waiting thread takes over. A lone caller thus gets its
+// reply on its own thread, with no hand-off.
+#include <ferry/communicator.hpp>
+#include <ferry/rpc.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "rpc/wire.hpp"
+
+namespace ferry::rpc {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void check_method(std::string_view method) {
+  if (method.empty() || method.size() > kMaxMethodName) {
+    throw Error(Errc::invalid_argument, "rpc: a method name must have 1 to " + std::to_string(kMaxMethodName) +
+                                            " bytes (got " + std::to_string(method.size()) + ")");
+  }
+}
+
+std::span<const std::byte> text_bytes(std::string_view s) noexcept {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
+
+Errc errc_of(std::error_code e) noexcept {
+  return e.category() == error_category() ? static_cast<Errc>(e.value()) : Errc::system;
+}
+
+/// The deadline `timeout` from now, saturating.
+Clock::time_point deadline_after(std::chrono::nanoseconds timeout) {
+  const auto now = Clock::now();
+  if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
+  return now + std::max(timeout, std::chrono::nanoseconds::zero());
+}
+
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+
+Options options_for(std::string_view service) {
+  Options o;
+  o.endpoint = std::string(service);
+  return o;
+}
+
+}  // namespace
+
+std::string service_endpoint(std::string_view service) {
+  if (service.find("://") != std::string_view::npos) return std::string(service);
+  return "shm://" + std::string(service);
+}
+
+// ---------------------------------------------------------------------------------- server
+
+struct Server::Impl {
+  enum class Phase { configuring, running, draining, stopped };
+
+  Options options;
+  ServerOptions server;
+  std::unordered_map<std::string, Handler, StringHash, std::equal_to<>> methods;
+  std::optional<Communicator> comm;
+  std::vector<std::thread> workers;
+
+  std::atomic<Phase> phase{Phase::configuring};
+  std::atomic<std::uint64_t> in_flight{0};
+  std::mutex mutex;  // the drain and the end of shutdown are waited for under it
+  std::condition_variable cv;
+  std::mutex shutdown_mutex;  // one shutdown() at a time
+
+  std::atomic<std::uint64_t> calls{0}, failed{0}, refused{0}, expired{0}, bad_requests{0};
+
+  void run() {
+    for (;;) {
+      std::optional<Message> m;
+      try {
+        m = comm->get();
+      } catch (const Error&) {
+        return;  // closed: shutdown() is ending the service
+      }
+      serve(*m);
+    }
+  }
+
+  void answer(const PeerId& peer, std::uint64_t id, Errc e, std::string_view text) {
+    (void)comm->put(Payload(wire::encode_reply(id, static_cast<std::uint16_t>(e), text_bytes(text))),
+                    std::span<const PeerId>(&peer, 1));
+  }
+
+  void fail(const PeerId& peer, std::uint64_t id, Errc e, std::string_view text) {
+    failed.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+    answer(peer, id, e, text);
+  }
+
+  void serve(Message& msg) {
+    wire::Request req;
+    bool has_id = false;
+    const char* why = "";
+    if (!wire::parse_request(msg.bytes(), req, has_id, why)) {
+      bad_requests.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+      if (has_id) answer(msg.peer, req.id, Errc::protocol_error, std::string("rpc: bad request: ") + why);
+      return;
+    }
+    calls.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+    // sync(rpc.drain) seq_cst: this increment and shutdown()'s store of `draining` are both
+    // seq_cst, so either this call sees draining (and refuses) or shutdown() sees it in flight.
+    in_flight.fetch_add(1, std::memory_order_seq_cst);
+    struct Leave {
+      Impl& self;
+      ~Leave() {
+        // sync(rpc.drain) seq_cst: pairs with shutdown()'s store and its wait (under mutex).
+        if (self.in_flight.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+            self.phase.load(std::memory_order_seq_cst) == Phase::draining) {
+          const std::lock_guard lock(self.mutex);
+          self.cv.notify_all();
+        }
+      }
+    } leave{*this};
+    // sync(rpc.drain) seq_cst: as above.
+    if (phase.load(std::memory_order_seq_cst) != Phase::running) {
+      refused.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+      answer(msg.peer, req.id, Errc::unavailable, "the server is shutting down");
+      return;
+    }
+    const auto it = methods.find(req.method);
+    if (it == methods.end()) {
+      fail(msg.peer, req.id, Errc::not_found, "no method '" + std::string(req.method) + "'");
+      return;
+    }
+    CallContext ctx{msg.peer, req.method, req.timeout_ns == 0 ? Clock::time_point::max()
+                                                              : deadline_after(std::chrono::nanoseconds(
+                                                                    std::min<std::uint64_t>(req.timeout_ns, INT64_MAX)))};
+    Bytes out;
+    try {
+      out = it->second(req.body, ctx);
+    } catch (const Error& e) {
+      fail(msg.peer, req.id, e.errc() == Errc{} ? Errc::remote_error : e.errc(), e.what());
+      return;
+    } catch (const std::exception& e) {
+      fail(msg.peer, req.id, Errc::remote_error, e.what());
+      return;
+    } catch (...) {
+      fail(msg.peer, req.id, Errc::remote_error, "the handler threw something not a std::exception");
+      return;
+    }
+    if (ctx.expired()) {  // the caller has given up: it would drop the reply
+      expired.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+      return;
+    }
+    const std::size_t size = out.size();
+    const PutHandle h = comm->put(Payload(wire::encode_reply(req.id, 0, out.span())), std::span<const PeerId>(&msg.peer, 1));
+    if (h.ready()) {
+      for (const PeerError& e : h.errors()) {
+        if (errc_of(e.error) == Errc::message_too_large) {
+          fail(msg.peer, req.id, Errc::message_too_large,
+               "the reply of " + std::to_string(size) + " bytes exceeds what the client accepts");
+        }
+      }
+    }
+  }
+};
+
+Server::Server(Options options, ServerOptions server) : m_impl(std::make_unique<Impl>()) {
+  options.endpoint = service_endpoint(options.endpoint);
+  m_impl->options = std::move(options);
+  m_impl->server = server;
+}
+Server::Server(std::string_view service, ServerOptions server) : Server(options_for(service), server) {}
+Server::Server(Server&&) noexcept = default;
+Server& Server::operator=(Server&&) noexcept = default;
+Server::~Server() {
+  if (!m_impl) return;
+  try {
+    shutdown();
+  } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor must not throw
+  }
+}
+
+void Server::handle(std::string method, Handler handler) {
+  check_method(method);
+  if (!handler) throw Error(Errc::invalid_argument, "rpc: empty handler for '" + method + "'");
+  // relaxed: configuration happens on one thread before start(), which publishes it.
+  if (m_impl->phase.load(std::memory_order_relaxed) != Impl::Phase::configuring) {
+    throw Error(Errc::invalid_argument, "rpc: handle('" + method + "') after start()");
+  }
+  const auto [it, added] = m_impl->methods.try_emplace(method, std::move(handler));
+  if (!added) throw Error(Errc::invalid_argument, "rpc: method '" + method + "' is already handled");
+}
+
+void Server::start() {
+  Impl& s = *m_impl;
+  const std::lock_guard lock(s.shutdown_mutex);
+  // relaxed: as in handle().
+  if (s.phase.load(std::memory_order_relaxed) != Impl::Phase::configuring) {
+    throw Error(Errc::invalid_argument, "rpc: start() twice, or after shutdown()");
+  }
+  s.comm.emplace(ferry::open(Purpose::server, s.options));
+  unsigned n = s.server.workers;
+  if (n == 0) n = std::max(2U, std::thread::hardware_concurrency());
+  // sync(rpc.phase) release: the workers start after this (thread creation orders it too).
+  s.phase.store(Impl::Phase::running, std::memory_order_release);
+  try {
+    for (unsigned i = 0; i < n; ++i) s.workers.emplace_back([&s] { s.run(); });
+  } catch (...) {
+    s.comm->close();
+    for (auto& t : s.workers) t.join();
+    s.workers.clear();
+    // sync(rpc.phase) release: as above.
+    s.phase.store(Impl::Phase::stopped, std::memory_order_release);
+    throw;
+  }
+}
+
+void Server::shutdown(std::chrono::nanoseconds drain) {
+  Impl& s = *m_impl;
+  for (const auto& t : s.workers) {
+    if (t.get_id() == std::this_thread::get_id()) {
+      throw Error(Errc::invalid_argument, "rpc: shutdown() from a handler (it waits for the handlers)");
+    }
+  }
+  const std::lock_guard lock(s.shutdown_mutex);
+  // relaxed: phase changes only under shutdown_mutex, held here.
+  const Impl::Phase p = s.phase.load(std::memory_order_relaxed);
+  if (p == Impl::Phase::stopped) return;
+  if (p == Impl::Phase::running) {
+    // sync(rpc.drain) seq_cst: pairs with serve()'s increment of in_flight.
+    s.phase.store(Impl::Phase::draining, std::memory_order_seq_cst);
+    std::unique_lock wait_lock(s.mutex);
+    // sync(rpc.drain) seq_cst: as above.
+    s.cv.wait_for(wait_lock, drain, [&] { return s.in_flight.load(std::memory_order_seq_cst) == 0; });
+  }
+  if (s.comm) s.comm->close();  // sends the replies queued, then wakes the workers
+  for (auto& t : s.workers) t.join();
+  s.workers.clear();
+  {
+    const std::lock_guard wait_lock(s.mutex);
+    // sync(rpc.phase) release: wait() reads it under the same mutex.
+    s.phase.store(Impl::Phase::stopped, std::memory_order_release);
+  }
+  s.cv.notify_all();
+}
+
+void Server::wait() {
+  Impl& s = *m_impl;
+  std::unique_lock lock(s.mutex);
+  // sync(rpc.phase) acquire: pairs with shutdown()'s release store.
+  s.cv.wait(lock, [&] { return s.phase.load(std::memory_order_acquire) == Impl::Phase::stopped; });
+}
+
+std::string Server::local_endpoint() const {
+  if (!m_impl->comm) throw Error(Errc::invalid_argument, "rpc: local_endpoint() before start()");
+  return m_impl->comm->local_endpoint();
+}
+
+ServerStats Server::stats() const {
+  const Impl& s = *m_impl;
+  ServerStats out;
+  // relaxed: counters, read without ordering.
+  out.calls = s.calls.load(std::memory_order_relaxed);
+  out.failed = s.failed.load(std::memory_order_relaxed);    // relaxed: a counter
+  out.refused = s.refused.load(std::memory_order_relaxed);  // relaxed: a counter
+  out.expired = s.expired.load(std::memory_order_relaxed);  // relaxed: a counter
+  out.bad_requests = s.bad_requests.load(std::memory_order_relaxed);  // relaxed: a counter
+  out.in_flight = s.in_flight.load(std::memory_order_relaxed);        // relaxed: a counter
+  if (s.comm) out.sessions = s.comm->stats().peers.size();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------- client
+
+namespace {
+
+struct Counters {
+  std::atomic<std::uint64_t> calls{0}, failed{0}, timed_out{0}, cancelled{0}, late{0}, bad{0}, reconnects{0};
+  static void add(std::atomic<std::uint64_t>& c) noexcept {
+    c.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+  }
+};
+
+struct Channel;
+
+}  // namespace
+
+struct Call::State {
+  std::uint64_t id = 0;
+  Clock::time_point deadline;
+  std::string method;
+  std::shared_ptr<Channel> channel;
+  // sync(rpc.done) release in Channel::finish_locked(), acquire in ready() and get(): the
+  // fields below are written before it and read after it.
+  std::atomic<bool> done{false};
+  std::atomic<bool> taken{false};
+  Bytes reply;
+  Errc error{};
+  bool remote = false;
+  std::string message;
+  // Under Channel::mutex:
+  std::condition_variable cv;
+  unsigned waiting = 0;
+};
+
+namespace {
+
+using State = Call::State;
+
+/// One Communicator to the server, replaced when its session ends for good.
+struct Channel {
+  std::optional<Communicator> comm;
+  std::shared_ptr<Counters> counters;
+  std::atomic<std::uint64_t> next_id{1};
+
+  std::mutex mutex;
+  std::unordered_map<std::uint64_t, std::shared_ptr<State>> pending;
+  std::deque<State*> waiters;  // a thread waits for each entry (duplicates: several threads)
+  bool leader = false;         // a thread is reading the connection
+  bool dead = false;
+  PeerId server;               // the server of the last connection
+
+  /// Ends st with an error (the caller took st out of `pending`).
+  void finish_locked(State& st, Errc e, std::string text, bool remote = false) {
+    st.error = e;
+    st.remote = remote;
+    st.message = std::move(text);
+    Counters::add(counters->failed);
+    if (e == Errc::timed_out) Counters::add(counters->timed_out);
+    if (e == Errc::cancelled) Counters::add(counters->cancelled);
+    done_locked(st);
+  }
+  static void done_locked(State& st) {
+    // sync(rpc.done) release: pairs with the acquire in Call::ready() / Call::get().
+    st.done.store(true, std::memory_order_release);
+    if (st.waiting > 0) st.cv.notify_all();
+  }
+
+  /// Every pending call fails with e (a connection lost, the session ended, the client closed).
+  void fail_all(Errc e, const std::string& text, bool die) {
+    const std::lock_guard lock(mutex);
+    if (die) dead = true;
+    for (auto& [id, st] : pending) finish_locked(*st, e, text);
+    pending.clear();
+  }
+
+  void dispatch(Message& msg) {
+    wire::Reply r;
+    const char* why = "";
+    if (!wire::parse_reply(msg.bytes(), r, why)) {
+      Counters::add(counters->bad);
+      return;
+    }
+    const std::lock_guard lock(mutex);
+    const auto it = pending.find(r.id);
+    if (it == pending.end()) {
+      Counters::add(counters->late);
+      return;
+    }
+    const std::shared_ptr<State> st = std::move(it->second);
+    pending.erase(it);
+    if (r.status == 0) {
+      msg.data.truncate(r.body_size);
+      st->reply = std::move(msg.data);
+      done_locked(*st);
+      return;
+    }
+    const auto status = static_cast<Errc>(r.status);
+    const std::string text(msg.text().substr(0, r.body_size));
+    if (status < Errc::timed_out || status > Errc::remote_error) {
+      finish_locked(*st, Errc::protocol_error, "a reply with unknown status " + std::to_string(r.status) + ": " + text);
+    } else {
+      finish_locked(*st, status, text, true);
+    }
+  }
+
+  /// Reads the connection on this thread until st is done or `until`.
+  void lead(State& st, Clock::time_point until) {
+    // Slices: a call ended by another thread (cancel(), a lost connection) is noticed within
+    // one, since nothing interrupts a get() that waits.
+    constexpr auto kSlice = std::chrono::milliseconds(10);
+    // sync(rpc.done) acquire: pairs with done_locked() on another thread.
+    while (!st.done.load(std::memory_order_acquire)) {
+      const auto now = Clock::now();
+      if (now >= until) return;
+      std::optional<Message> msg;
+      try {
+        msg = comm->get_for(std::min<std::chrono::nanoseconds>(until - now, kSlice));
+      } catch (const Error& e) {
+        fail_all(e.errc() == Errc::closed ? Errc::closed : Errc::peer_lost, e.what(), true);
+        return;
+      }
+      if (msg) dispatch(*msg);
+    }
+  }
+
+  /// Waits until st is done or `until`. At `until`, a call whose deadline it is ends with
+  /// timed_out; otherwise false (still pending).
+  bool wait(State& st, Clock::time_point until) {
+    std::unique_lock lock(mutex);
+    // sync(rpc.done) acquire: as in lead() (the flag is also written under this mutex).
+    while (!st.done.load(std::memory_order_acquire) && Clock::now() < until) {
+      if (!leader) {
+        leader = true;
+        lock.unlock();
+        lead(st, until);
+        lock.lock();
+        leader = false;
+        continue;
+      }
+      ++st.waiting;
+      waiters.push_back(&st);
+      st.cv.wait_until(lock, until);
+      waiters.erase(std::find(waiters.begin(), waiters.end(), &st));
+      --st.waiting;
+    }
+    // Whichever way this thread leaves, a thread still waiting must read the connection next
+    // (one woken for leadership may find its own call done, and must pass it on here).
+    if (!leader) wake_next_locked();
+    // sync(rpc.done) acquire: as above.
+    if (st.done.load(std::memory_order_acquire)) return true;
+    if (until < st.deadline) return false;
+    if (pending.erase(st.id) != 0) {
+      finish_locked(st, Errc::timed_out, "no reply within the call's timeout");
+    }
+    return true;
+  }
+
+  void wake_next_locked() {
+    for (State* w : waiters) {
+      // relaxed: written under this mutex, held here.
+      if (!w->done.load(std::memory_order_relaxed)) {
+        w->cv.notify_all();
+        return;
+      }
+    }
+  }
+
+  void cancel(State& st) {
+    const std::lock_guard lock(mutex);
+    if (pending.erase(st.id) != 0) finish_locked(st, Errc::cancelled, "cancelled by the caller");
+  }
+};
+
+[[noreturn]] void throw_failure(const State& st) {
+  const std::string context = "rpc " + st.method + ": " + st.message;
+  if (st.remote) throw RemoteError(st.error, context);
+  throw Error(st.error, context);
+}
+
+}  // namespace
+
+struct Client::Impl {
+  Options options;
+  ClientOptions client;
+  std::shared_ptr<Counters> counters = std::make_shared<Counters>();
+  mutable std::mutex open_mutex;  // the channel's replacement
+  std::shared_ptr<Channel> channel;
+  bool closed = false;
+
+  /// The channel to use, connected within `deadline` if it has to be.
+  std::shared_ptr<Channel> current(Clock::time_point deadline) {
+    const std::lock_guard lock(open_mutex);
+    if (closed) throw Error(Errc::closed, "rpc: the client is closed");
+    if (channel) {
+      const std::lock_guard channel_lock(channel->mutex);
+      if (!channel->dead) return channel;
+    }
+    std::shared_ptr<Channel> old = std::move(channel);
+    if (old) old->comm->close();  // its session ended: this frees its threads
+    Options o = options;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    o.connection.connect_timeout = std::clamp(left, std::chrono::milliseconds(1), o.connection.connect_timeout);
+    auto ch = std::make_shared<Channel>();
+    ch->counters = counters;
+    // A dropped connection fails the calls pending on it at once (the server may or may not
+    // have run them), even when the session then resumes.
+    o.on_disconnect = [weak = std::weak_ptr<Channel>(ch), user = options.on_disconnect](const PeerId& peer,
+                                                                                       std::error_code why) {
+      if (const auto c = weak.lock()) {
+        c->fail_all(Errc::peer_lost, "the connection to the server was lost (" + why.message() +
+                                         "); the server may or may not have run the call", false);
+      }
+      if (user) user(peer, why);
+    };
+    // A connection to another server (it restarted) means the requests queued for the old
+    // one are lost with its session.
+    o.on_connect = [weak = std::weak_ptr<Channel>(ch), user = options.on_connect](const PeerId& peer) {
+      if (const auto c = weak.lock()) {
+        bool restarted = false;
+        {
+          const std::lock_guard guard(c->mutex);
+          restarted = !c->server.is_nil() && c->server != peer;
+          c->server = peer;
+        }
+        if (restarted) c->fail_all(Errc::peer_lost, "the server restarted; the call was lost with its session", false);
+      }
+      if (user) user(peer);
+    };
+    ch->comm.emplace(ferry::open(Purpose::client, std::move(o)));
+    if (old) Counters::add(counters->reconnects);
+    channel = ch;
+    return ch;
+  }
+
+  std::shared_ptr<State> start(std::string_view method, std::span<const std::byte> request,
+                               std::chrono::nanoseconds timeout) {
+    check_method(method);
+    const Clock::time_point deadline = deadline_after(timeout);
+    Counters::add(counters->calls);
+    for (int attempt = 0;; ++attempt) {
+      std::shared_ptr<Channel> ch = current(deadline);
+      auto st = std::make_shared<State>();
+      st->deadline = deadline;
+      st->method = method;
+      st->channel = ch;
+      // relaxed: ids only need to be unique per channel.
+      st->id = ch->next_id.fetch_add(1, std::memory_order_relaxed);
+      std::uint64_t budget = 0;
+      if (deadline != Clock::time_point::max()) {
+        budget = static_cast<std::uint64_t>(std::max<std::int64_t>(
+            1, std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count()));
+      }
+      Bytes msg = wire::encode_request(st->id, method, budget, request);
+      {
+        const std::lock_guard lock(ch->mutex);
+        ch->pending.emplace(st->id, st);
+      }
+      const PutHandle h = ch->comm->put(Payload(std::move(msg)));
+      if (!h.ready()) return st;
+      const std::vector<PeerError> errors = h.errors();
+      if (errors.empty()) return st;
+      const Errc e = errc_of(errors.front().error);
+      {
+        const std::lock_guard lock(ch->mutex);
+        ch->pending.erase(st->id);
+        // The session with the server has ended: connect again, once; the request was not sent.
+        if ((e == Errc::closed || e == Errc::peer_lost) && attempt == 0) {
+          ch->dead = true;
+          continue;
+        }
+        std::string why = e == Errc::message_too_large
+                              ? "the request of " + std::to_string(request.size()) + " bytes exceeds the server's limit"
+                              : "the request could not be queued (" + errors.front().error.message() + ")";
+        ch->finish_locked(*st, e, std::move(why));
+      }
+      return st;
+    }
+  }
+};
+
+bool Call::ready() const noexcept {
+  // sync(rpc.done) acquire: pairs with done_locked().
+  return m_state && m_state->done.load(std::memory_order_acquire);
+}
+
+bool Call::wait_for(std::chrono::nanoseconds timeout) const {
+  if (!m_state) throw Error(Errc::invalid_argument, "rpc: wait_for() on an empty Call");
+  if (ready()) return true;
+  return m_state->channel->wait(*m_state, std::min(m_state->deadline, deadline_after(timeout)));
+}
+
+Bytes Call::get() {
+  if (!m_state) throw Error(Errc::invalid_argument, "rpc: get() on an empty Call");
+  State& st = *m_state;
+  if (!ready()) (void)st.channel->wait(st, st.deadline);
+  // sync(rpc.done) acq_rel: one get() takes the reply; pairs with another thread's exchange.
+  if (st.taken.exchange(true, std::memory_order_acq_rel)) {
+    throw Error(Errc::invalid_argument, "rpc " + st.method + ": Call::get() twice (the reply was taken)");
+  }
+  if (st.error == Errc{}) return std::move(st.reply);
+  throw_failure(st);
+}
+
+void Call::cancel() noexcept {
+  if (m_state && !ready()) m_state->channel->cancel(*m_state);
+}
+
+Client::Client(Options options, ClientOptions client) : m_impl(std::make_shared<Impl>()) {
+  options.endpoint = service_endpoint(options.endpoint);
+  m_impl->options = std::move(options);
+  m_impl->client = client;
+  (void)m_impl->current(deadline_after(m_impl->options.connection.connect_timeout));
+}
+
+Client::Client(std::string_view service, ClientOptions client) : Client(options_for(service), client) {}
+
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() {
+  if (!m_impl) return;
+  try {
+    close();
+  } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor must not throw
+  }
+}
+
+Bytes Client::call(std::string_view method, std::span<const std::byte> request, std::chrono::nanoseconds timeout) {
+  return Call(m_impl->start(method, request, timeout)).get();
+}
+
+Bytes Client::call(std::string_view method, std::span<const std::byte> request) {
+  return call(method, request, m_impl->client.timeout);
+}
+
+Call Client::async_call(std::string_view method, std::span<const std::byte> request, std::chrono::nanoseconds timeout) {
+  return Call(m_impl->start(method, request, timeout));
+}
+
+Call Client::async_call(std::string_view method, std::span<const std::byte> request) {
+  return async_call(method, request, m_impl->client.timeout);
+}
+
+void Client::close() {
+  std::shared_ptr<Channel> ch;
+  {
+    const std::lock_guard lock(m_impl->open_mutex);
+    if (m_impl->closed) return;
+    m_impl->closed = true;
+    ch = m_impl->channel;
+  }
+  if (!ch) return;
+  ch->fail_all(Errc::closed, "the client was closed", true);
+  ch->comm->close();
+}
+
+ClientStats Client::stats() const {
+  const Counters& c = *m_impl->counters;
+  ClientStats out;
+  // relaxed: counters, read without ordering.
+  out.calls = c.calls.load(std::memory_order_relaxed);
+  out.failed = c.failed.load(std::memory_order_relaxed);        // relaxed: a counter
+  out.timed_out = c.timed_out.load(std::memory_order_relaxed);  // relaxed: a counter
+  out.cancelled = c.cancelled.load(std::memory_order_relaxed);  // relaxed: a counter
+  out.late_replies = c.late.load(std::memory_order_relaxed);    // relaxed: a counter
+  out.bad_replies = c.bad.load(std::memory_order_relaxed);      // relaxed: a counter
+  out.reconnects = c.reconnects.load(std::memory_order_relaxed);  // relaxed: a counter
+  return out;
+}
+
+PeerId Client::server() const {
+  const std::lock_guard lock(m_impl->open_mutex);
+  if (!m_impl->channel) return {};
+  const auto peers = m_impl->channel->comm->peers();
+  return peers.empty() ? PeerId{} : peers.front();
+}
+
+std::chrono::nanoseconds Client::default_timeout() const noexcept { return m_impl->client.timeout; }
+
+}  // namespace ferry::rpc
