@@ -19,4 +19,8 @@ namespace ferry::bench {
 /// process that failed or stalled, ferry::Error).
 [[nodiscard]] std::function<std::optional<int>()> add_comm_commands(CLI::App& app);
 
+/// The same for `rpc` (tools/bench_rpc.cpp): ferry::rpc calls between two processes, and
+/// plain gRPC unary calls beside them.
+[[nodiscard]] std::function<std::optional<int>()> add_rpc_commands(CLI::App& app);
+
 } // namespace ferry::bench

@@ -602,10 +602,12 @@ int main(int argc, char** argv) {
   futex_echo_cmd->add_option("--cpu", cpu);
 
   const auto comm_commands = ferry::bench::add_comm_commands(app);
+  const auto rpc_commands = ferry::bench::add_rpc_commands(app);
 
   CLI11_PARSE(app, argc, argv);
   try {
     if (const auto rc = comm_commands()) return *rc;
+    if (const auto rc = rpc_commands()) return *rc;
     if (*ring_cmd) return ring_main(ring);
     if (*ping_cmd) return pingpong_main(ping);
     if (*consumer_cmd) return ring_consumer(fd, size, zero_copy, wait, cpu, impl);
