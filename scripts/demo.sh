@@ -6,7 +6,9 @@
 # on loopback, next to a plain Boost.Asio sender/receiver run in the same run; over gRPC and
 # MQTT (a Mosquitto that ferry-bench starts on loopback and stops) next to plain gRPC and plain
 # paho; over shared memory next to the raw ring; and auto://, where the same client code
-# reaches a local server over shared memory and one in another network namespace over TCP.
+# reaches a local server over shared memory and one in another network namespace over TCP;
+# and same-host RPC with ferry::rpc (the ferry-kv example service, and ferry-bench rpc next to
+# plain gRPC unary calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -14,7 +16,7 @@ bash scripts/setup.sh >/dev/null
 # Same configuration as scripts/test.sh, so the two commands share one build.
 cmake -S . -B build -G Ninja -DFERRY_WARNINGS_AS_ERRORS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target ferry_bench_tool ferry_asio_baseline ferry_grpc_baseline \
-  ferry_paho_baseline ferry_cli >/dev/null
+  ferry_paho_baseline ferry_cli ferry_kv >/dev/null
 bench=build/bin/ferry-bench
 seconds=${FERRY_DEMO_SECONDS:-1}
 # What to undo on exit (the hugepage pool, a network namespace), in reverse order.
@@ -95,6 +97,30 @@ echo "-- 64 B round trips, pinned (get() polls its ring for ShmOptions::spin = 2
 "$bench" comm --transport shm --size 64 --pingpong --count 10000 --impl ferry,ring --reps 3
 echo "-- net-queue's iops workload over shm: 500 x 2 MiB, sync"
 "$bench" iops shm pair sync --step-size 0 --max-size 21 --reps 500
+
+echo
+echo "== Same-host microservice RPC (ferry::rpc): ferry-kv, the example key-value service"
+kvlog=$(mktemp)
+build/bin/ferry-kv serve auto://127.0.0.1:0 >"$kvlog" 2>/dev/null &
+kv_pid=$!
+stop_kv() { kill "$kv_pid" 2>/dev/null || true; wait "$kv_pid" 2>/dev/null || true; rm -f "$kvlog"; }
+cleanups+=(stop_kv)
+for _ in $(seq 100); do grep -q listening "$kvlog" && break; sleep 0.05; done
+kv_url=$(awk '/listening/{print $2}' "$kvlog")
+echo "ferry-kv serve listens on $kv_url (shared memory for local clients, TCP for the others)"
+build/bin/ferry-kv put "$kv_url" greeting "hello over ferry::rpc"
+echo "get greeting: $(build/bin/ferry-kv get "$kv_url" greeting)"
+echo "-- the same client code, on this host (auto:// picks shared memory) and over TCP"
+build/bin/ferry-kv bench "$kv_url" --count 20000 --spin 50
+build/bin/ferry-kv bench "tcp://127.0.0.1:${kv_url##*:}" --count 5000
+stop_kv
+echo "-- ferry-bench rpc: calls between two pinned processes, next to plain gRPC unary calls"
+"$bench" rpc --transport shm --impl ferry,grpc --count 20000 --reps "$reps"
+"$bench" rpc --transport tcp --impl ferry,grpc --count 5000 --reps "$reps"
+echo "-- the service asleep between calls (200 us apart): one wake-up per call"
+"$bench" rpc --transport shm --sleeping-server --interval-us 200 --count 5000 --reps "$reps"
+echo "-- throughput: 2 clients, 8 calls outstanding each, 2 workers"
+"$bench" rpc --transport shm --clients 2 --pipeline 8 --workers 2 --count 100000 --reps "$reps"
 
 echo
 echo "== auto://host:port: one URL, and the handshake picks the transport"

@@ -154,7 +154,13 @@ struct Server::Impl {
     try {
       out = it->second(req.body, ctx);
     } catch (const Error& e) {
-      fail(msg.peer, req.id, e.errc() == Errc{} ? Errc::remote_error : e.errc(), e.what());
+      // what() is "<context>: <the code's message>": the caller's error adds the code again.
+      std::string_view text = e.what();
+      const std::string suffix = ": " + e.code().message();
+      if (text.size() > suffix.size() && text.substr(text.size() - suffix.size()) == suffix) {
+        text.remove_suffix(suffix.size());
+      }
+      fail(msg.peer, req.id, e.errc() == Errc{} ? Errc::remote_error : e.errc(), text);
       return;
     } catch (const std::exception& e) {
       fail(msg.peer, req.id, Errc::remote_error, e.what());
