@@ -345,7 +345,10 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
     WakeFds& fds;
     ~HandBack() { self.hand_back(links, fds); }
   } hand_back_on_exit{*this, links, fds};
-  const bool may_sleep = timeout > std::chrono::nanoseconds::zero();
+  // A message the spin already queued means no sleep: no wake-up to arrange (handing it back
+  // costs a system call on the socket the link would have armed).
+  // relaxed: as above.
+  const bool may_sleep = timeout > std::chrono::nanoseconds::zero() && m_rx_count.load(std::memory_order_relaxed) == 0;
   poll_links(links, true, may_sleep && !links.empty() ? &fds : nullptr);
   std::unique_lock lock(m_rx_mutex);
   const auto ready = [&] { return !m_rx.empty() || m_stopped || m_terminal; };

@@ -821,7 +821,8 @@ bool Connection::poll_receive(bool last, int* wake_fd) {
   if (!claim_reader(false)) return false;
   if (m_getter_armed && last && wake_fd == nullptr) {  // a get() hands its wake-up back
     m_getter_armed = false;
-    drain_wake(m_getter_event.get());
+    // Only a peer that took the announcement sent a wake-up: otherwise no system call.
+    if (!m_rx->withdraw_second_sleep()) drain_wake(m_getter_event.get());
   }
   apply_resume();
   const std::uint64_t before = m_reader.delivered();

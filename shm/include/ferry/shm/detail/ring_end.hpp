@@ -249,6 +249,15 @@ class ConsumerEnd : public RingEnd {
     // relaxed: only this side sets the flag; a waker's reset to 0 is the same value.
     m_ctl->wait.consumer_sleeping.store(0, std::memory_order_relaxed);
   }
+  /// Withdraws a sleep announced by announce_sleep(true). True: the announcement was still
+  /// up, so the producer sent no wake-up to the second descriptor and none will come; false:
+  /// the producer took it first (its wake-up was or is about to be sent), or the word holds
+  /// another announcement, which is left as it is.
+  [[nodiscard]] bool withdraw_second_sleep() noexcept {
+    std::uint32_t expected = layout::kSleepingSecond;
+    // sync(ring.wake) seq_cst: this exchange or the producer's in wake_if_sleeping() takes it.
+    return m_ctl->wait.consumer_sleeping.compare_exchange_strong(expected, 0, std::memory_order_seq_cst);
+  }
 
  protected:
   ConsumerEnd(Segment& segment, RingKind kind, const WaitOptions& wait);
