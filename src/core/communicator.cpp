@@ -3,6 +3,8 @@
 // it. Layer: src/core.
 #include "core/communicator_impl.hpp"
 
+#include "ferry/shm/wait.hpp"
+
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
@@ -171,19 +173,19 @@ void CommunicatorImpl::sleep_on_links(std::unique_lock<std::mutex>& lock, const 
     if (ready()) break;
     if (r < 0 && err != EINTR) {  // cannot sleep this way: the condition variable then
       lock.unlock();
-      hand_back(links, fds);
+      hand_back(links, fds, true);
       lock.lock();
       break;
     }
     lock.unlock();
-    hand_back(links, fds);  // reads what woke us
+    hand_back(links, fds, r != 0);  // reads what woke us
     // If nothing came, the links hand this thread their wake-ups again.
     poll_links(links, true, &fds);
     lock.lock();
   }
 }
 
-void CommunicatorImpl::hand_back(const LinkList& links, WakeFds& fds) noexcept {
+void CommunicatorImpl::hand_back(const LinkList& links, WakeFds& fds, bool woken) noexcept {
   if (fds.empty()) return;
   fds.clear();
   // Every link, even after one throws: a peer must never be left waking a descriptor nobody
@@ -192,7 +194,7 @@ void CommunicatorImpl::hand_back(const LinkList& links, WakeFds& fds) noexcept {
   for (const auto& l : links) {
     if (!l) continue;
     try {
-      if (l->poll_receive(true)) any = true;
+      if (l->poll_receive(true, nullptr, woken)) any = true;
     } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the strand reads what this could not
     }
   }
@@ -332,8 +334,15 @@ std::optional<Message> CommunicatorImpl::get(std::chrono::nanoseconds timeout) {
   if (m_get_spin.count() > 0 && empty && timeout > std::chrono::nanoseconds::zero()) {
     const auto until = start + std::min<std::chrono::nanoseconds>(timeout, m_get_spin);
     // relaxed: as above.
-    while (m_rx_count.load(std::memory_order_relaxed) == 0 && !closed() && Clock::now() < until) {
-      if (!poll_links(links, false)) std::this_thread::yield();  // another thread may need the CPU
+    for (unsigned i = 1; m_rx_count.load(std::memory_order_relaxed) == 0 && !closed() && Clock::now() < until; ++i) {
+      if (poll_links(links, false)) continue;
+      // Another thread may need the CPU now and then (the transport's, on the same one); a
+      // yield per empty poll was a system call each, in the way of a reply that comes during it.
+      if ((i & 31) == 0) {
+        std::this_thread::yield();
+      } else {
+        ferry::shm::cpu_relax();
+      }
     }
   }
   // The last poll may hand this thread the links' wake-ups: it then sleeps on them itself, so a

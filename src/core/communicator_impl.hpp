@@ -112,7 +112,7 @@ class CommunicatorImpl {
                       std::chrono::steady_clock::time_point deadline);
   /// Polls each link of a get() that slept on fds (non-empty) with last true: reads what came
   /// and gives the links their wake-ups back; clears fds. Never throws; m_rx_mutex not held.
-  void hand_back(const LinkList& links, WakeFds& fds) noexcept;
+  void hand_back(const LinkList& links, WakeFds& fds, bool woken = false) noexcept;
   /// Wakes threads in get(): one (a message arrived) or all (what they wait for changed).
   void notify_getters(bool all);
 

@@ -30,8 +30,12 @@ class Link {
   /// the transport's thread, and set *wake_fd to it (else -1). The caller then sleeps until it
   /// is readable and, awake for whatever reason, polls again with last true and no wake_fd,
   /// which hands the wake-up back (and empties the descriptor: the caller never reads it).
-  virtual bool poll_receive(bool last, int* wake_fd = nullptr) {
+  /// woken (with that hand-back): the caller slept and its sleep reported descriptors ready,
+  /// so a wake-up may be waiting to be read; without it, the link reads its descriptor only if
+  /// it knows a wake-up was sent (a system call saved on every get() that did not sleep).
+  virtual bool poll_receive(bool last, int* wake_fd = nullptr, bool woken = false) {
     (void)last;
+    (void)woken;
     if (wake_fd != nullptr) *wake_fd = -1;
     return false;
   }

@@ -258,7 +258,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
   void kick() override;
   void resume_reading() override;
-  bool poll_receive(bool last, int* wake_fd) override;
+  bool poll_receive(bool last, int* wake_fd, bool woken) override;
   void shutdown(std::error_code why) override;
   std::string transport() const override { return "shm"; }
   std::string remote() const override { return m_remote; }
@@ -293,8 +293,12 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void read_ring();
   /// The reader role. claim_reader() on the strand also asks a holder to hand back.
   bool claim_reader(bool strand) noexcept;
-  /// Gives the role up; posts read_ring() when the strand asked for it meanwhile.
-  void release_reader();
+  /// Gives the role up; posts read_ring() when the strand asked for it meanwhile, unless
+  /// `post` is false: a get() that is spinning gives the role up between two polls, and its
+  /// last poll (which always follows) posts instead. Posting at each poll woke the strand
+  /// again and again while get() read: each wake-up made the strand announce its sleep in the
+  /// ring, and the peer's next write then paid a wake-up system call (3% of round trips).
+  void release_reader(bool post = true);
   /// Role holder: reads up to max_records records (0: no limit). error: e and what set.
   Consumed consume(unsigned max_records, Errc& e, std::string& what);
   /// The socket reached EOF and the ring is drained.
@@ -696,9 +700,10 @@ bool Connection::claim_reader(bool strand) noexcept {
   return true;
 }
 
-void Connection::release_reader() {
+void Connection::release_reader(bool post) {
   // sync(shm.reader) seq_cst store: partner of the exchange in claim_reader().
   m_reading.store(false, std::memory_order_seq_cst);
+  if (!post) return;  // m_strand_wants_read stays set for the caller's last poll
   // sync(shm.reader) seq_cst exchange: pairs with the store in claim_reader(strand): the
   // strand wanted to read while we held the role; it reads now.
   if (m_strand_wants_read.exchange(false, std::memory_order_seq_cst)) {
@@ -813,7 +818,7 @@ void Connection::read_ring() {
   release_reader();
 }
 
-bool Connection::poll_receive(bool last, int* wake_fd) {
+bool Connection::poll_receive(bool last, int* wake_fd, bool woken) {
   if (wake_fd != nullptr) *wake_fd = -1;
   // sync(shm.open) acquire: pairs with the release in run(); the rings are set up.
   // relaxed: m_poisoned, see read_ring().
@@ -821,8 +826,10 @@ bool Connection::poll_receive(bool last, int* wake_fd) {
   if (!claim_reader(false)) return false;
   if (m_getter_armed && last && wake_fd == nullptr) {  // a get() hands its wake-up back
     m_getter_armed = false;
-    // Only a peer that took the announcement sent a wake-up: otherwise no system call.
-    if (!m_rx->withdraw_second_sleep()) drain_wake(m_getter_event.get());
+    // Withdrawn before the peer took it: no wake-up was sent for it, and no system call is
+    // made. One that was sent (the peer took the announcement; one for an earlier one arriving
+    // late; one a peer sends unasked) is read here when it is, or once it woke a sleep.
+    if (!m_rx->withdraw_second_sleep() || woken) drain_wake(m_getter_event.get());
   }
   apply_resume();
   const std::uint64_t before = m_reader.delivered();
@@ -868,9 +875,14 @@ bool Connection::poll_receive(bool last, int* wake_fd) {
             // relaxed: as above.
             m_strand_wants_read.store(true, std::memory_order_relaxed);
           }
-        } else if (last && !m_rx->announce_sleep()) {
-          // relaxed: as above.
-          m_strand_wants_read.store(true, std::memory_order_relaxed);
+        } else if (last) {
+          // A get() leaving (with a message, or for a caller that polls): the strand sleeps,
+          // but the caller is likely back within microseconds, so the peer waits a moment for
+          // its next poll rather than wake the strand (layout::kSleepingSoon).
+          if (!m_rx->announce_sleep(false, true)) {
+            // relaxed: as above.
+            m_strand_wants_read.store(true, std::memory_order_relaxed);
+          }
         }
         break;
       case Consumed::paused:
@@ -878,7 +890,7 @@ bool Connection::poll_receive(bool last, int* wake_fd) {
     }
   }
   const bool got = m_reader.delivered() != before;
-  release_reader();
+  release_reader(last);
   return got;
 }
 

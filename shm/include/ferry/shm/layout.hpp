@@ -101,8 +101,14 @@ struct alignas(kLineSize) ConsumerLine {
 
 /// consumer_sleeping/producer_sleeping: 0 awake; 1 asleep on the futex or on the first wake-up
 /// descriptor it gave its peer; kSleepingSecond asleep on the second one (an external waiter
-/// with two waiting threads, see RingEnd::set_peer_wake_fd()). Any other value wakes the first.
+/// with two waiting threads, see RingEnd::set_peer_wake_fd()); kSleepingSoon asleep on the
+/// first descriptor, but a thread of that side has just stopped polling and is likely to poll
+/// again within microseconds (it left a get() with a message): the waker first waits up to
+/// kSoonWaitNs for the announcement to be withdrawn, and makes no system call if it is. Any
+/// other value wakes the first descriptor.
 inline constexpr std::uint32_t kSleepingSecond = 2;
+inline constexpr std::uint32_t kSleepingSoon = 3;
+inline constexpr std::int64_t kSoonWaitNs = 2'000;
 
 struct alignas(kLineSize) WaitLine {
   std::atomic<std::uint32_t> consumer_sleeping;  // futex word: 1 (or 2, see kSleepingSecond) while the consumer may sleep

@@ -88,7 +88,22 @@ inline void wake_if_sleeping(std::atomic<std::uint32_t>& flag, int wake_fd = -1,
   // sync(ring.wake) seq_cst load: pairs with the sleeper's seq_cst store of 1 in
   // wait_until(). With the caller's preceding seq_cst store, either we see 1 here or the
   // sleeper's seq_cst re-check sees our progress: no lost wake-up.
-  if (flag.load(std::memory_order_seq_cst) == 0) return;
+  std::uint32_t seen = flag.load(std::memory_order_seq_cst);
+  if (seen == 0) return;
+  if (seen == layout::kSleepingSoon) {
+    // The sleeper's side is about to poll again: give it a moment to withdraw the
+    // announcement, after which its poll (or its next announcement's re-check) reads our
+    // progress. A peer that keeps the word at this value costs us this wait per wake-up, no more.
+    const auto until = Clock::now() + std::chrono::nanoseconds(layout::kSoonWaitNs);
+    for (unsigned i = 1; seen == layout::kSleepingSoon; ++i) {
+      cpu_relax();
+      // sync(ring.wake) seq_cst load: as above; a 0 read here comes before the sleeper's next
+      // seq_cst announcement, whose re-check then sees our preceding seq_cst store.
+      seen = flag.load(std::memory_order_seq_cst);
+      if ((i & 15) == 0 && Clock::now() >= until) break;
+    }
+    if (seen == 0) return;
+  }
   // sync(ring.wake) seq_cst exchange: resetting the word makes a sleeper that has not yet
   // entered futex_wait return at once (the kernel compares the word with 1).
   const std::uint32_t was = flag.exchange(0, std::memory_order_seq_cst);

@@ -231,11 +231,14 @@ class ConsumerEnd : public RingEnd {
   /// this side, through the futex or the descriptor the producer end was given
   /// (set_peer_wake_fd()). Call end_sleep() once awake. second: wake the producer's second
   /// descriptor instead (another thread of this side waits on it).
-  [[nodiscard]] bool announce_sleep(bool second = false) noexcept {
+  /// soon: announce layout::kSleepingSoon instead of 1 (this side is likely to poll again at
+  /// once; the producer waits a moment for the announcement to be withdrawn before waking).
+  [[nodiscard]] bool announce_sleep(bool second = false, bool soon = false) noexcept {
     flush();
+    const std::uint32_t value = second ? layout::kSleepingSecond : soon ? layout::kSleepingSoon : 1;
     // sync(ring.wake) seq_cst store: as the sleeper's store in wait_until(); partner of the
     // producer's seq_cst store of write_pos, then load of consumer_sleeping.
-    m_ctl->wait.consumer_sleeping.store(second ? layout::kSleepingSecond : 1, std::memory_order_seq_cst);
+    m_ctl->wait.consumer_sleeping.store(value, std::memory_order_seq_cst);
     // sync(ring.wake) seq_cst loads: the re-check of wait_for_data().
     if (m_ctl->producer.write_pos.load(std::memory_order_seq_cst) != m_read_pos ||
         m_ctl->wait.producer_closed.load(std::memory_order_seq_cst) != 0) {
