@@ -673,6 +673,20 @@ TEST(ShmBadInput, AClientMeddlingWithItsWakeUpDescriptorsCannotStallTheServer) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, kWait);
   stop = true;
   meddler.join();
+  // Wake-ups nobody asked for, queued on the descriptors a get() sleeps on: the get() reads
+  // them as they wake it and sleeps again. It must not spin (a ready descriptor never read
+  // kept ppoll returning at once: a whole core for the length of the get()).
+  raw.meddle();
+  const auto thread_cpu = [] {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+  };
+  const auto cpu0 = thread_cpu();
+  EXPECT_FALSE(server.get_for(300ms).has_value());
+  const auto cpu = thread_cpu() - cpu0;
+  EXPECT_LT(cpu, 100ms) << std::chrono::duration_cast<std::chrono::milliseconds>(cpu).count()
+                        << " ms of CPU in a get() of 300 ms with nothing to read";
   server.close();
 }
 
