@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
   for (auto* c : {put_cmd, get_cmd, del_cmd, bench_cmd}) c->add_option("url", url, "the service")->required();
   for (auto* c : {put_cmd, get_cmd, del_cmd}) c->add_option("key", key)->required();
   put_cmd->add_option("value", value)->required();
-  bench_cmd->add_option("--count", count, "timed calls")->capture_default_str();
+  bench_cmd->add_option("--count", count, "timed calls")->check(CLI::PositiveNumber)->capture_default_str();
   bench_cmd->add_option("--spin", spin_us, "poll this long for a reply before sleeping (us)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
@@ -152,8 +152,11 @@ int main(int argc, char** argv) {
       return bench(client, count);
     }
     return 0;
-  } catch (const ferry::Error& e) {
+  } catch (const ferry::rpc::RemoteError& e) {  // the service's answer: 4 for a missing key
     std::cerr << "ferry-kv: " << e.what() << std::endl;
     return e.errc() == ferry::Errc::not_found ? 4 : 1;
+  } catch (const ferry::Error& e) {  // no service there, a lost connection, ...
+    std::cerr << "ferry-kv: " << e.what() << std::endl;
+    return 1;
   }
 }

@@ -22,7 +22,7 @@
 //   Errc::closed         the client was closed;
 //   Errc::message_too_large  the request exceeds the server's limit (nothing was sent);
 //   Errc::would_block    the connection's send queue is full;
-//   and, as ferry::rpc::RemoteError (remote() true), what the server answered:
+//   and, as ferry::rpc::RemoteError (a ferry::Error), what the server answered:
 //   Errc::not_found      no such method;
 //   Errc::unavailable    the server is shutting down and took no new calls;
 //   Errc::remote_error   the handler threw (the message is its what());
@@ -81,8 +81,9 @@ struct ServerStats {
   std::uint64_t calls = 0;           ///< requests taken by a worker
   std::uint64_t failed = 0;          ///< ... answered with an error (handler threw, unknown method)
   std::uint64_t refused = 0;         ///< ... answered `unavailable` during shutdown
-  std::uint64_t expired = 0;         ///< ... not run: their deadline had passed
+  std::uint64_t expired = 0;         ///< ... not run (sent too late) or not answered (finished late)
   std::uint64_t bad_requests = 0;    ///< messages that are not requests (dropped)
+  std::uint64_t unsent = 0;          ///< replies that could not be queued (client gone, queue full)
   std::uint64_t in_flight = 0;       ///< handlers running now
   std::uint64_t sessions = 0;        ///< client sessions (connected, or kept for resumption)
 };
@@ -122,9 +123,10 @@ class Server {
 
   /// Opens the Communicator (throws what ferry::open() throws) and starts the workers.
   void start();
-  /// Graceful: new calls are answered Errc::unavailable, the running ones finish (for at most
-  /// `drain`) and their replies are sent, then the Communicator closes (waiting up to its
-  /// close_timeout for the replies to be acknowledged). Idempotent; any thread but a handler.
+  /// Graceful: new calls are answered Errc::unavailable, the running ones finish and their
+  /// replies are sent (the Communicator closes after `drain` even if some still run, waiting up
+  /// to its close_timeout for the replies to be acknowledged), and it returns once every
+  /// handler has returned. Idempotent; any thread but a handler (Errc::invalid_argument).
   void shutdown(std::chrono::nanoseconds drain = std::chrono::seconds(10));
   /// Blocks until shutdown() has finished (called from another thread).
   void wait();

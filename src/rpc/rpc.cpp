@@ -17,6 +17,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -88,9 +89,13 @@ struct Server::Impl {
   std::condition_variable cv;
   std::mutex shutdown_mutex;  // one shutdown() at a time
 
-  std::atomic<std::uint64_t> calls{0}, failed{0}, refused{0}, expired{0}, bad_requests{0};
+  std::atomic<std::uint64_t> calls{0}, failed{0}, refused{0}, expired{0}, bad_requests{0}, unsent{0};
+
+  /// Set on the service's worker threads: shutdown() refuses to run on one.
+  static inline thread_local const Impl* t_worker_of = nullptr;
 
   void run() {
+    t_worker_of = this;
     for (;;) {
       std::optional<Message> m;
       try {
@@ -147,9 +152,14 @@ struct Server::Impl {
       fail(msg.peer, req.id, Errc::not_found, "no method '" + std::string(req.method) + "'");
       return;
     }
+    // The budget counts from when a worker takes the call (the two sides share no clock).
     CallContext ctx{msg.peer, req.method, req.timeout_ns == 0 ? Clock::time_point::max()
                                                               : deadline_after(std::chrono::nanoseconds(
                                                                     std::min<std::uint64_t>(req.timeout_ns, INT64_MAX)))};
+    if (req.timeout_ns == 1) {  // sent with its deadline already past: the caller has given up
+      expired.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+      return;
+    }
     Bytes out;
     try {
       out = it->second(req.body, ctx);
@@ -175,12 +185,14 @@ struct Server::Impl {
     }
     const std::size_t size = out.size();
     const PutHandle h = comm->put(Payload(wire::encode_reply(req.id, 0, out.span())), std::span<const PeerId>(&msg.peer, 1));
-    if (h.ready()) {
-      for (const PeerError& e : h.errors()) {
-        if (errc_of(e.error) == Errc::message_too_large) {
-          fail(msg.peer, req.id, Errc::message_too_large,
-               "the reply of " + std::to_string(size) + " bytes exceeds what the client accepts");
-        }
+    if (!h.ready()) return;
+    for (const PeerError& e : h.errors()) {
+      if (errc_of(e.error) == Errc::message_too_large) {
+        fail(msg.peer, req.id, Errc::message_too_large,
+             "the reply of " + std::to_string(size) + " bytes exceeds what the client accepts");
+      } else {
+        // The client is gone, or its queue is full: nothing more can reach it now.
+        unsent.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
       }
     }
   }
@@ -193,7 +205,18 @@ Server::Server(Options options, ServerOptions server) : m_impl(std::make_unique<
 }
 Server::Server(std::string_view service, ServerOptions server) : Server(options_for(service), server) {}
 Server::Server(Server&&) noexcept = default;
-Server& Server::operator=(Server&&) noexcept = default;
+Server& Server::operator=(Server&& other) noexcept {
+  if (this != &other) {
+    if (m_impl) {
+      try {
+        shutdown();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): as in the destructor
+      }
+    }
+    m_impl = std::move(other.m_impl);
+  }
+  return *this;
+}
 Server::~Server() {
   if (!m_impl) return;
   try {
@@ -239,10 +262,8 @@ void Server::start() {
 
 void Server::shutdown(std::chrono::nanoseconds drain) {
   Impl& s = *m_impl;
-  for (const auto& t : s.workers) {
-    if (t.get_id() == std::this_thread::get_id()) {
-      throw Error(Errc::invalid_argument, "rpc: shutdown() from a handler (it waits for the handlers)");
-    }
+  if (Impl::t_worker_of == &s) {
+    throw Error(Errc::invalid_argument, "rpc: shutdown() from a handler (it waits for the handlers)");
   }
   const std::lock_guard lock(s.shutdown_mutex);
   // relaxed: phase changes only under shutdown_mutex, held here.
@@ -253,7 +274,7 @@ void Server::shutdown(std::chrono::nanoseconds drain) {
     s.phase.store(Impl::Phase::draining, std::memory_order_seq_cst);
     std::unique_lock wait_lock(s.mutex);
     // sync(rpc.drain) seq_cst: as above.
-    s.cv.wait_for(wait_lock, drain, [&] { return s.in_flight.load(std::memory_order_seq_cst) == 0; });
+    s.cv.wait_until(wait_lock, deadline_after(drain), [&] { return s.in_flight.load(std::memory_order_seq_cst) == 0; });
   }
   if (s.comm) s.comm->close();  // sends the replies queued, then wakes the workers
   for (auto& t : s.workers) t.join();
@@ -288,6 +309,7 @@ ServerStats Server::stats() const {
   out.expired = s.expired.load(std::memory_order_relaxed);  // relaxed: a counter
   out.bad_requests = s.bad_requests.load(std::memory_order_relaxed);  // relaxed: a counter
   out.in_flight = s.in_flight.load(std::memory_order_relaxed);        // relaxed: a counter
+  out.unsent = s.unsent.load(std::memory_order_relaxed);              // relaxed: a counter
   if (s.comm) out.sessions = s.comm->stats().peers.size();
   return out;
 }
@@ -309,10 +331,11 @@ struct Channel;
 
 struct Call::State {
   std::uint64_t id = 0;
+  std::uint64_t epoch = 0;  // Channel::epoch when it was sent: the connection it went on
   Clock::time_point deadline;
   std::string method;
   std::shared_ptr<Channel> channel;
-  // sync(rpc.done) release in Channel::finish_locked(), acquire in ready() and get(): the
+  // sync(rpc.done) release in Channel::done_locked(), acquire in ready() and get(): the
   // fields below are written before it and read after it.
   std::atomic<bool> done{false};
   std::atomic<bool> taken{false};
@@ -330,19 +353,30 @@ namespace {
 using State = Call::State;
 
 /// One Communicator to the server, replaced when its session ends for good.
+///
+/// A lost connection (or a new server) bumps `epoch`; the thread reading the connection then
+/// first takes what the connection had delivered (replies already here are answers, not
+/// losses) and only then fails the calls sent before the bump. Calls are not started while
+/// the connection is down: they fail at once.
 struct Channel {
   std::optional<Communicator> comm;
   std::shared_ptr<Counters> counters;
   std::atomic<std::uint64_t> next_id{1};
 
   std::mutex mutex;
-  std::unordered_map<std::uint64_t, std::shared_ptr<State>> pending;
+  // Weak: a call nobody holds any more is dropped (swept, or its reply counted late).
+  std::unordered_map<std::uint64_t, std::weak_ptr<State>> pending;
   std::deque<State*> waiters;  // a thread waits for each entry (duplicates: several threads)
   bool leader = false;         // a thread is reading the connection
-  bool dead = false;
+  bool dead = false;           // the session ended: the client opens another channel
+  bool closing = false;        // Client::close()
+  bool connected = true;
+  std::uint64_t epoch = 0;         // connections lost (or servers changed) so far
+  std::uint64_t failed_epoch = 0;  // the calls sent before it have been failed
+  std::string lost_why;
   PeerId server;               // the server of the last connection
+  Clock::time_point next_sweep{};
 
-  /// Ends st with an error (the caller took st out of `pending`).
   void finish_locked(State& st, Errc e, std::string text, bool remote = false) {
     st.error = e;
     st.remote = remote;
@@ -358,12 +392,31 @@ struct Channel {
     if (st.waiting > 0) st.cv.notify_all();
   }
 
-  /// Every pending call fails with e (a connection lost, the session ended, the client closed).
-  void fail_all(Errc e, const std::string& text, bool die) {
-    const std::lock_guard lock(mutex);
-    if (die) dead = true;
-    for (auto& [id, st] : pending) finish_locked(*st, e, text);
+  /// Every pending call fails with e (the session ended, the client closed).
+  void fail_all_locked(Errc e, const std::string& text) {
+    for (auto& [id, weak] : pending) {
+      if (const auto st = weak.lock()) finish_locked(*st, e, text);
+    }
     pending.clear();
+  }
+
+  void lost(const std::string& why) {  // on_disconnect, or another server on_connect
+    const std::lock_guard lock(mutex);
+    connected = false;
+    ++epoch;
+    lost_why = why;
+    if (!leader) wake_next_locked();  // a waiting thread reads, then fails what was lost
+  }
+
+  void connected_to(const PeerId& peer) {  // on_connect
+    const std::lock_guard lock(mutex);
+    if (!server.is_nil() && server != peer) {
+      // Another server (it restarted): what was queued for the old one went with its session.
+      ++epoch;
+      lost_why = "the server restarted; the call was lost with its session";
+    }
+    server = peer;
+    connected = true;
   }
 
   void dispatch(Message& msg) {
@@ -375,12 +428,12 @@ struct Channel {
     }
     const std::lock_guard lock(mutex);
     const auto it = pending.find(r.id);
-    if (it == pending.end()) {
+    const std::shared_ptr<State> st = it == pending.end() ? nullptr : it->second.lock();
+    if (it != pending.end()) pending.erase(it);
+    if (!st) {
       Counters::add(counters->late);
       return;
     }
-    const std::shared_ptr<State> st = std::move(it->second);
-    pending.erase(it);
     if (r.status == 0) {
       msg.data.truncate(r.body_size);
       st->reply = std::move(msg.data);
@@ -396,25 +449,92 @@ struct Channel {
     }
   }
 
+  /// The reader's upkeep, under mutex: after a lost connection (the caller has taken what it
+  /// delivered) the calls sent on it fail; calls past their deadline end (their waiters would
+  /// at their own deadline; nobody waits for an abandoned one); dropped calls are forgotten.
+  void upkeep_locked(Clock::time_point now) {
+    if (failed_epoch != epoch) {
+      for (auto it = pending.begin(); it != pending.end();) {
+        const auto st = it->second.lock();
+        if (!st || st->epoch < epoch) {
+          if (st) {
+            finish_locked(*st, Errc::peer_lost, "the connection to the server was lost (" + lost_why +
+                                                    "); the server may or may not have run the call");
+          }
+          it = pending.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      failed_epoch = epoch;
+    }
+    if (now < next_sweep) return;
+    next_sweep = now + std::chrono::milliseconds(10);
+    for (auto it = pending.begin(); it != pending.end();) {
+      const auto st = it->second.lock();
+      if (!st || now >= st->deadline) {
+        if (st) finish_locked(*st, Errc::timed_out, "no reply within the call's timeout");
+        it = pending.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  /// Takes what the connection has delivered, without waiting, then does the upkeep.
+  void drain_and_upkeep() {
+    while (auto msg = comm->try_get()) dispatch(*msg);
+    const std::lock_guard lock(mutex);
+    upkeep_locked(Clock::now());
+  }
+
+  bool upkeep_due(Clock::time_point now) {
+    const std::lock_guard lock(mutex);
+    return failed_epoch != epoch || now >= next_sweep;
+  }
+
   /// Reads the connection on this thread until st is done or `until`.
   void lead(State& st, Clock::time_point until) {
-    // Slices: a call ended by another thread (cancel(), a lost connection) is noticed within
-    // one, since nothing interrupts a get() that waits.
+    // Slices: a call ended by another thread (cancel(), close()) or a lost connection is
+    // noticed within one, since nothing interrupts a get() that waits.
     constexpr auto kSlice = std::chrono::milliseconds(10);
     // sync(rpc.done) acquire: pairs with done_locked() on another thread.
     while (!st.done.load(std::memory_order_acquire)) {
       const auto now = Clock::now();
       if (now >= until) return;
+      if (upkeep_due(now)) {
+        drain_and_upkeep();
+        continue;
+      }
       std::optional<Message> msg;
       try {
         msg = comm->get_for(std::min<std::chrono::nanoseconds>(until - now, kSlice));
       } catch (const Error& e) {
-        fail_all(e.errc() == Errc::closed ? Errc::closed : Errc::peer_lost, e.what(), true);
+        // The session ended (get() throws once what it delivered was taken): every call fails.
+        const std::lock_guard lock(mutex);
+        dead = true;
+        fail_all_locked(closing ? Errc::closed : Errc::peer_lost, closing ? "the client was closed" : e.what());
         return;
       }
       if (msg) dispatch(*msg);
     }
   }
+
+  /// Leadership for the scope: given up (and handed on) on every way out.
+  struct Lead {
+    Channel& ch;
+    std::unique_lock<std::mutex>& lock;
+    Lead(Channel& c, std::unique_lock<std::mutex>& l) : ch(c), lock(l) {
+      ch.leader = true;
+      lock.unlock();
+    }
+    Lead(const Lead&) = delete;
+    Lead& operator=(const Lead&) = delete;
+    ~Lead() {
+      lock.lock();
+      ch.leader = false;
+    }
+  };
 
   /// Waits until st is done or `until`. At `until`, a call whose deadline it is ends with
   /// timed_out; otherwise false (still pending).
@@ -423,11 +543,8 @@ struct Channel {
     // sync(rpc.done) acquire: as in lead() (the flag is also written under this mutex).
     while (!st.done.load(std::memory_order_acquire) && Clock::now() < until) {
       if (!leader) {
-        leader = true;
-        lock.unlock();
+        const Lead lead_scope(*this, lock);
         lead(st, until);
-        lock.lock();
-        leader = false;
         continue;
       }
       ++st.waiting;
@@ -442,10 +559,21 @@ struct Channel {
     // sync(rpc.done) acquire: as above.
     if (st.done.load(std::memory_order_acquire)) return true;
     if (until < st.deadline) return false;
-    if (pending.erase(st.id) != 0) {
-      finish_locked(st, Errc::timed_out, "no reply within the call's timeout");
-    }
+    if (pending.erase(st.id) != 0) finish_locked(st, Errc::timed_out, "no reply within the call's timeout");
     return true;
+  }
+
+  /// One pass without waiting, when no other thread reads: Call::ready() makes progress
+  /// even when nobody waits.
+  void poll() noexcept {
+    std::unique_lock lock(mutex);
+    if (leader) return;
+    try {
+      const Lead lead_scope(*this, lock);
+      drain_and_upkeep();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the next wait reads
+    }
+    wake_next_locked();
   }
 
   void wake_next_locked() {
@@ -470,6 +598,25 @@ struct Channel {
   throw Error(st.error, context);
 }
 
+/// A connected channel (throws what ferry::open() throws).
+std::shared_ptr<Channel> open_channel(Options o, const std::shared_ptr<Counters>& counters) {
+  auto ch = std::make_shared<Channel>();
+  ch->counters = counters;
+  // A dropped connection: the calls sent on it fail at once (the server may or may not have
+  // run them), even when the session then resumes; their replies, if any, come late.
+  o.on_disconnect = [weak = std::weak_ptr<Channel>(ch), user = o.on_disconnect](const PeerId& peer,
+                                                                                 std::error_code why) {
+    if (const auto c = weak.lock()) c->lost(why.message());
+    if (user) user(peer, why);
+  };
+  o.on_connect = [weak = std::weak_ptr<Channel>(ch), user = o.on_connect](const PeerId& peer) {
+    if (const auto c = weak.lock()) c->connected_to(peer);
+    if (user) user(peer);
+  };
+  ch->comm.emplace(ferry::open(Purpose::client, std::move(o)));
+  return ch;
+}
+
 }  // namespace
 
 struct Client::Impl {
@@ -478,51 +625,44 @@ struct Client::Impl {
   std::shared_ptr<Counters> counters = std::make_shared<Counters>();
   mutable std::mutex open_mutex;  // the channel's replacement
   std::shared_ptr<Channel> channel;
+  // A new connection being made on a thread of its own (std::async), so a caller waits for it
+  // no longer than its own deadline, and the connection keeps its configured timeouts.
+  std::shared_future<std::shared_ptr<Channel>> opening;
+  std::uint64_t attempt = 0;
   bool closed = false;
 
-  /// The channel to use, connected within `deadline` if it has to be.
+  /// The channel to use; a new one when the session of the last has ended.
   std::shared_ptr<Channel> current(Clock::time_point deadline) {
-    const std::lock_guard lock(open_mutex);
-    if (closed) throw Error(Errc::closed, "rpc: the client is closed");
-    if (channel) {
-      const std::lock_guard channel_lock(channel->mutex);
-      if (!channel->dead) return channel;
+    std::unique_lock lock(open_mutex);
+    for (;;) {
+      if (closed) throw Error(Errc::closed, "rpc: the client is closed");
+      if (channel) {
+        const std::lock_guard channel_lock(channel->mutex);
+        if (!channel->dead) return channel;
+      }
+      if (!opening.valid()) {
+        ++attempt;
+        opening = std::async(std::launch::async, [o = options, c = counters, old = std::move(channel)] {
+                    if (old) old->comm->close();  // its session ended: this frees its threads
+                    return open_channel(o, c);
+                  }).share();
+      }
+      const auto f = opening;
+      const std::uint64_t mine = attempt;
+      lock.unlock();
+      const bool ready = deadline == Clock::time_point::max() ? (f.wait(), true)
+                                                               : f.wait_until(deadline) == std::future_status::ready;
+      lock.lock();
+      if (!ready) throw Error(Errc::timed_out, "rpc: the call's timeout passed while connecting to the server again");
+      if (attempt == mine && opening.valid()) {
+        opening = {};
+        channel = f.get();  // throws this attempt's failure: the next call makes another
+        Counters::add(counters->reconnects);
+        if (closed) channel->comm->close();
+      } else if (!channel) {
+        (void)f.get();  // rethrows this attempt's failure
+      }
     }
-    std::shared_ptr<Channel> old = std::move(channel);
-    if (old) old->comm->close();  // its session ended: this frees its threads
-    Options o = options;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    o.connection.connect_timeout = std::clamp(left, std::chrono::milliseconds(1), o.connection.connect_timeout);
-    auto ch = std::make_shared<Channel>();
-    ch->counters = counters;
-    // A dropped connection fails the calls pending on it at once (the server may or may not
-    // have run them), even when the session then resumes.
-    o.on_disconnect = [weak = std::weak_ptr<Channel>(ch), user = options.on_disconnect](const PeerId& peer,
-                                                                                       std::error_code why) {
-      if (const auto c = weak.lock()) {
-        c->fail_all(Errc::peer_lost, "the connection to the server was lost (" + why.message() +
-                                         "); the server may or may not have run the call", false);
-      }
-      if (user) user(peer, why);
-    };
-    // A connection to another server (it restarted) means the requests queued for the old
-    // one are lost with its session.
-    o.on_connect = [weak = std::weak_ptr<Channel>(ch), user = options.on_connect](const PeerId& peer) {
-      if (const auto c = weak.lock()) {
-        bool restarted = false;
-        {
-          const std::lock_guard guard(c->mutex);
-          restarted = !c->server.is_nil() && c->server != peer;
-          c->server = peer;
-        }
-        if (restarted) c->fail_all(Errc::peer_lost, "the server restarted; the call was lost with its session", false);
-      }
-      if (user) user(peer);
-    };
-    ch->comm.emplace(ferry::open(Purpose::client, std::move(o)));
-    if (old) Counters::add(counters->reconnects);
-    channel = ch;
-    return ch;
   }
 
   std::shared_ptr<State> start(std::string_view method, std::span<const std::byte> request,
@@ -530,7 +670,7 @@ struct Client::Impl {
     check_method(method);
     const Clock::time_point deadline = deadline_after(timeout);
     Counters::add(counters->calls);
-    for (int attempt = 0;; ++attempt) {
+    for (int attempt_no = 0;; ++attempt_no) {
       std::shared_ptr<Channel> ch = current(deadline);
       auto st = std::make_shared<State>();
       st->deadline = deadline;
@@ -540,12 +680,22 @@ struct Client::Impl {
       st->id = ch->next_id.fetch_add(1, std::memory_order_relaxed);
       std::uint64_t budget = 0;
       if (deadline != Clock::time_point::max()) {
-        budget = static_cast<std::uint64_t>(std::max<std::int64_t>(
-            1, std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count()));
+        const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count();
+        if (left <= 1) {  // nothing sent: the server would not run it
+          const std::lock_guard lock(ch->mutex);
+          ch->finish_locked(*st, Errc::timed_out, "the call's timeout passed before it was sent");
+          return st;
+        }
+        budget = static_cast<std::uint64_t>(left);
       }
       Bytes msg = wire::encode_request(st->id, method, budget, request);
       {
         const std::lock_guard lock(ch->mutex);
+        if (!ch->connected) {
+          ch->finish_locked(*st, Errc::peer_lost, "not connected to the server (" + ch->lost_why + "); reconnecting");
+          return st;
+        }
+        st->epoch = ch->epoch;
         ch->pending.emplace(st->id, st);
       }
       const PutHandle h = ch->comm->put(Payload(std::move(msg)));
@@ -553,39 +703,42 @@ struct Client::Impl {
       const std::vector<PeerError> errors = h.errors();
       if (errors.empty()) return st;
       const Errc e = errc_of(errors.front().error);
-      {
-        const std::lock_guard lock(ch->mutex);
-        ch->pending.erase(st->id);
-        // The session with the server has ended: connect again, once; the request was not sent.
-        if ((e == Errc::closed || e == Errc::peer_lost) && attempt == 0) {
-          ch->dead = true;
-          continue;
-        }
-        std::string why = e == Errc::message_too_large
-                              ? "the request of " + std::to_string(request.size()) + " bytes exceeds the server's limit"
-                              : "the request could not be queued (" + errors.front().error.message() + ")";
-        ch->finish_locked(*st, e, std::move(why));
+      const std::lock_guard lock(ch->mutex);
+      if (ch->pending.erase(st->id) == 0) return st;  // already ended (the connection was lost)
+      // The session with the server has ended: connect again, once; the request was not sent.
+      if ((e == Errc::closed || e == Errc::peer_lost) && attempt_no == 0 && !ch->closing) {
+        ch->dead = true;
+        continue;
       }
+      ch->finish_locked(*st, e, e == Errc::message_too_large
+                                    ? "the request of " + std::to_string(request.size()) + " bytes exceeds the server's limit"
+                                    : "the request could not be queued (" + errors.front().error.message() + ")");
       return st;
     }
   }
 };
 
 bool Call::ready() const noexcept {
+  if (!m_state) return false;
   // sync(rpc.done) acquire: pairs with done_locked().
-  return m_state && m_state->done.load(std::memory_order_acquire);
+  if (m_state->done.load(std::memory_order_acquire)) return true;
+  m_state->channel->poll();
+  // sync(rpc.done) acquire: as above.
+  return m_state->done.load(std::memory_order_acquire);
 }
 
 bool Call::wait_for(std::chrono::nanoseconds timeout) const {
   if (!m_state) throw Error(Errc::invalid_argument, "rpc: wait_for() on an empty Call");
-  if (ready()) return true;
+  // sync(rpc.done) acquire: as in ready().
+  if (m_state->done.load(std::memory_order_acquire)) return true;
   return m_state->channel->wait(*m_state, std::min(m_state->deadline, deadline_after(timeout)));
 }
 
 Bytes Call::get() {
   if (!m_state) throw Error(Errc::invalid_argument, "rpc: get() on an empty Call");
   State& st = *m_state;
-  if (!ready()) (void)st.channel->wait(st, st.deadline);
+  // sync(rpc.done) acquire: as in ready().
+  if (!st.done.load(std::memory_order_acquire)) (void)st.channel->wait(st, st.deadline);
   // sync(rpc.done) acq_rel: one get() takes the reply; pairs with another thread's exchange.
   if (st.taken.exchange(true, std::memory_order_acq_rel)) {
     throw Error(Errc::invalid_argument, "rpc " + st.method + ": Call::get() twice (the reply was taken)");
@@ -595,20 +748,32 @@ Bytes Call::get() {
 }
 
 void Call::cancel() noexcept {
-  if (m_state && !ready()) m_state->channel->cancel(*m_state);
+  // sync(rpc.done) acquire: as in ready().
+  if (m_state && !m_state->done.load(std::memory_order_acquire)) m_state->channel->cancel(*m_state);
 }
 
 Client::Client(Options options, ClientOptions client) : m_impl(std::make_shared<Impl>()) {
   options.endpoint = service_endpoint(options.endpoint);
   m_impl->options = std::move(options);
   m_impl->client = client;
-  (void)m_impl->current(deadline_after(m_impl->options.connection.connect_timeout));
+  m_impl->channel = open_channel(m_impl->options, m_impl->counters);
 }
 
 Client::Client(std::string_view service, ClientOptions client) : Client(options_for(service), client) {}
 
 Client::Client(Client&&) noexcept = default;
-Client& Client::operator=(Client&&) noexcept = default;
+Client& Client::operator=(Client&& other) noexcept {
+  if (this != &other) {
+    if (m_impl) {
+      try {
+        close();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): as in the destructor
+      }
+    }
+    m_impl = std::move(other.m_impl);
+  }
+  return *this;
+}
 Client::~Client() {
   if (!m_impl) return;
   try {
@@ -635,15 +800,28 @@ Call Client::async_call(std::string_view method, std::span<const std::byte> requ
 
 void Client::close() {
   std::shared_ptr<Channel> ch;
+  std::shared_future<std::shared_ptr<Channel>> opening;
   {
     const std::lock_guard lock(m_impl->open_mutex);
     if (m_impl->closed) return;
     m_impl->closed = true;
     ch = m_impl->channel;
+    opening = m_impl->opening;
   }
-  if (!ch) return;
-  ch->fail_all(Errc::closed, "the client was closed", true);
-  ch->comm->close();
+  if (ch) {
+    {
+      const std::lock_guard lock(ch->mutex);
+      ch->closing = true;
+      ch->fail_all_locked(Errc::closed, "the client was closed");
+    }
+    ch->comm->close();
+  }
+  if (opening.valid()) {  // a connection being made: wait for it (connect_timeout at most) and close it
+    try {
+      opening.get()->comm->close();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): it failed: nothing to close
+    }
+  }
 }
 
 ClientStats Client::stats() const {
@@ -661,9 +839,13 @@ ClientStats Client::stats() const {
 }
 
 PeerId Client::server() const {
-  const std::lock_guard lock(m_impl->open_mutex);
-  if (!m_impl->channel) return {};
-  const auto peers = m_impl->channel->comm->peers();
+  std::shared_ptr<Channel> ch;
+  {
+    const std::lock_guard lock(m_impl->open_mutex);
+    ch = m_impl->channel;
+  }
+  if (!ch) return {};
+  const auto peers = ch->comm->peers();
   return peers.empty() ? PeerId{} : peers.front();
 }
 
