@@ -108,7 +108,7 @@ struct alignas(kLineSize) ConsumerLine {
 /// other value wakes the first descriptor.
 inline constexpr std::uint32_t kSleepingSecond = 2;
 inline constexpr std::uint32_t kSleepingSoon = 3;
-inline constexpr std::int64_t kSoonWaitNs = 2'000;
+inline constexpr std::int64_t kSoonWaitNs = 5'000;
 
 struct alignas(kLineSize) WaitLine {
   std::atomic<std::uint32_t> consumer_sleeping;  // futex word: 1 (or 2, see kSleepingSecond) while the consumer may sleep
