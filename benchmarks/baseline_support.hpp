@@ -1,19 +1,40 @@
 // SPDX-License-Identifier: Apache-2.0
 // What the plain baselines for the gRPC and MQTT transports share (ferry-grpc-baseline,
-// ferry-paho-baseline): their --size parsing and the watchdog that ends a process that stopped
-// making progress. Header-only, no Ferry code. Layer: benchmarks/.
+// ferry-paho-baseline): their --size parsing, the watchdog that ends a process that stopped
+// making progress, and the round-trip statistics they print. Header-only, no Ferry code.
+// Layer: benchmarks/.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <cstdint>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace ferry::baseline {
+
+/// p50/p99 (nearest rank), mean, min and max of round-trip times in ns; sorts `v`, not empty.
+inline nlohmann::json latency_json(std::vector<std::int64_t>& v) {
+  std::sort(v.begin(), v.end());
+  const auto rank = [&](double q) {
+    const auto i = static_cast<std::size_t>(std::max(0.0, std::ceil(q * static_cast<double>(v.size())) - 1));
+    return v.at(std::min(i, v.size() - 1));
+  };
+  double mean = 0;
+  for (const auto x : v) mean += static_cast<double>(x);
+  mean /= static_cast<double>(v.size());
+  return nlohmann::json{{"p50_ns", rank(0.5)}, {"p99_ns", rank(0.99)}, {"mean_ns", mean},
+                        {"min_ns", v.front()}, {"max_ns", v.back()}};
+}
 
 /// "64", "64K", "2M".
 inline std::size_t parse_size(const std::string& t) {

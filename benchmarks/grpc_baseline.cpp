@@ -83,6 +83,7 @@ std::string read_file(const std::string& p) {
   return s.str();
 }
 
+using ferry::baseline::latency_json;
 using ferry::baseline::parse_size;
 
 /// Every wait below is unbounded: the watchdog ends a process that stopped moving.
@@ -109,18 +110,6 @@ class Latch {
   bool m_set = false;
 };
 
-/// p50/p99 (nearest rank), mean, min and max of round-trip times in ns; sorts `v`, not empty.
-json latency_json(std::vector<std::int64_t>& v) {
-  std::sort(v.begin(), v.end());
-  const auto rank = [&](double q) {
-    const auto i = static_cast<std::size_t>(std::max(0.0, std::ceil(q * static_cast<double>(v.size())) - 1));
-    return v.at(std::min(i, v.size() - 1));
-  };
-  double mean = 0;
-  for (const auto x : v) mean += static_cast<double>(x);
-  mean /= static_cast<double>(v.size());
-  return json{{"p50_ns", rank(0.5)}, {"p99_ns", rank(0.99)}, {"mean_ns", mean}, {"min_ns", v.front()}, {"max_ns", v.back()}};
-}
 
 // ---- server --------------------------------------------------------------------------------
 
@@ -434,42 +423,6 @@ class ClientStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc
   Latch m_done;
 };
 
-int run_client(const Args& a) {
-  Watchdog dog(a.timeout_s);
-  const std::size_t size = parse_size(a.size_text);
-  std::vector<std::byte> payload(size);
-  for (std::size_t i = 0; i < size; ++i) payload[i] = static_cast<std::byte>(i * 31 + 7);
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxMessage);
-  args.SetMaxSendMessageSize(kMaxMessage);
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (a.tls) {
-    grpc::SslCredentialsOptions o;
-    o.pem_root_certs = read_file(a.cert_dir + "/ca.pem");
-    args.SetSslTargetNameOverride("localhost");
-    creds = grpc::SslCredentials(o);
-  }
-  auto channel = grpc::CreateCustomChannel(a.host + ":" + std::to_string(a.port), creds, args);
-  grpc::GenericStub stub(channel);
-  ClientStream call(a, payload, dog);
-  call.begin(stub);
-  call.wait();
-  if (!call.status().ok()) {
-    std::fprintf(stderr, "ferry-grpc-baseline: the call failed: %s\n", call.status().error_message().c_str());
-    return 1;
-  }
-  json r;
-  if (a.pingpong) {
-    r = latency_json(call.rtt());
-  } else {
-    r = json{{"messages", call.sent()}, {"seconds", call.seconds()}};
-  }
-  if (a.json_out) std::cout << r.dump() << std::endl;
-  return 0;
-}
-
-// ---- unary client (--unary) ----------------------------------------------------------------
-
 /// A channel to --host:--port (TLS with --tls). With `id` >= 0 it has a subchannel pool of its
 /// own and a distinct channel argument, so it never shares a connection with another channel.
 std::shared_ptr<grpc::Channel> make_channel(const Args& a, int id) {
@@ -489,6 +442,31 @@ std::shared_ptr<grpc::Channel> make_channel(const Args& a, int id) {
   }
   return grpc::CreateCustomChannel(a.host + ":" + std::to_string(a.port), creds, args);
 }
+
+int run_client(const Args& a) {
+  Watchdog dog(a.timeout_s);
+  const std::size_t size = parse_size(a.size_text);
+  std::vector<std::byte> payload(size);
+  for (std::size_t i = 0; i < size; ++i) payload[i] = static_cast<std::byte>(i * 31 + 7);
+  grpc::GenericStub stub(make_channel(a, -1));
+  ClientStream call(a, payload, dog);
+  call.begin(stub);
+  call.wait();
+  if (!call.status().ok()) {
+    std::fprintf(stderr, "ferry-grpc-baseline: the call failed: %s\n", call.status().error_message().c_str());
+    return 1;
+  }
+  json r;
+  if (a.pingpong) {
+    r = latency_json(call.rtt());
+  } else {
+    r = json{{"messages", call.sent()}, {"seconds", call.seconds()}};
+  }
+  if (a.json_out) std::cout << r.dump() << std::endl;
+  return 0;
+}
+
+// ---- unary client (--unary) ----------------------------------------------------------------
 
 /// What the client threads share: the first error, which stops them all.
 struct UnaryShared {

@@ -206,16 +206,8 @@ int run_client(const Args& a) {
       cv.wait(lock, [&] { return pongs == i + 1; });
       if (i >= a.warmup) rtt.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
     }
-    std::sort(rtt.begin(), rtt.end());
-    const auto rank = [&](double q) {
-      const auto i = static_cast<std::size_t>(std::max(0.0, std::ceil(q * static_cast<double>(rtt.size())) - 1));
-      return rtt.at(std::min(i, rtt.size() - 1));
-    };
-    double mean = 0;
-    for (const auto x : rtt) mean += static_cast<double>(x);
-    mean /= static_cast<double>(rtt.size());
     c->publish(a.topic + "/ping", "", 0, a.qos, false)->wait();
-    r = json{{"p50_ns", rank(0.5)}, {"p99_ns", rank(0.99)}, {"mean_ns", mean}, {"min_ns", rtt.front()}, {"max_ns", rtt.back()}};
+    r = ferry::baseline::latency_json(rtt);
   } else {
     const std::size_t piece = a.max_publish == 0 ? size : std::min(a.max_publish, size);
     const auto start = Clock::now();
