@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // ferry::rpc: the service's workers, and the client's correlation ids, deadlines and reply
-// routing, over one Communicator each. Layer: src/rpc (uses only the public Communicator API).
+// routing, over one Communicator each. Layer: src/rpc (the public Communicator API, and ferry::shm's
+// deadline helper).
 //
 // Server: every worker blocks in get() on the service's Communicator and runs the call it
 // takes, so a call is one hand-off (from the transport to a worker) and calls run concurrently
@@ -24,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ferry/shm/wait.hpp"
 #include "rpc/wire.hpp"
 
 namespace ferry::rpc {
@@ -47,12 +49,7 @@ Errc errc_of(std::error_code e) noexcept {
   return e.category() == error_category() ? static_cast<Errc>(e.value()) : Errc::system;
 }
 
-/// The deadline `timeout` from now, saturating.
-Clock::time_point deadline_after(std::chrono::nanoseconds timeout) {
-  const auto now = Clock::now();
-  if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
-  return now + std::max(timeout, std::chrono::nanoseconds::zero());
-}
+using ferry::shm::deadline_after;  // `timeout` from now, saturating at time_point::max()
 
 struct StringHash {
   using is_transparent = void;
