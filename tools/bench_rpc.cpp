@@ -232,12 +232,14 @@ int rpc_main(const RpcArgs& a) {
     if (impl != "ferry" && impl != "grpc") throw CLI::ValidationError("--impl", "ferry or grpc, not '" + impl + "'");
   }
   std::map<std::string, std::vector<json>> runs;
+  const bool progress = !a.json_out && ::isatty(STDERR_FILENO) == 1;
   for (int rep = 0; rep < a.reps; ++rep) {  // the implementations alternate run by run
     for (const auto& impl : a.impls) {
-      if (!a.json_out) std::fprintf(stderr, "rpc %s %s: run %d of %d\r", impl.c_str(), a.transport.c_str(), rep + 1, a.reps);
+      if (progress) std::fprintf(stderr, "\rrpc %s %s: run %d of %d ", impl.c_str(), a.transport.c_str(), rep + 1, a.reps);
       runs[impl].push_back(impl == "ferry" ? run_ferry_rpc(a, pin) : run_grpc_unary(a, pin));
     }
   }
+  if (progress) std::fprintf(stderr, "\r%40s\r", "");
   if (!a.json_out) {
     std::printf(
         "ferry-bench rpc: %s, %s requests, %u client(s) x pipeline %u, %llu timed calls after %llu warm-up per "
