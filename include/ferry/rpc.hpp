@@ -18,7 +18,8 @@
 //   Errc::timed_out      no reply within the call's timeout (a late reply is dropped);
 //   Errc::cancelled      Call::cancel();
 //   Errc::peer_lost      the connection to the server dropped while the call was pending (the
-//                        server may or may not have run it), or the server cannot be reached;
+//                        server may or may not have run it), or it is down now (the call was
+//                        not sent); not_found or timed_out when connecting again fails;
 //   Errc::closed         the client was closed;
 //   Errc::message_too_large  the request exceeds the server's limit (nothing was sent);
 //   Errc::would_block    the connection's send queue is full;
@@ -161,6 +162,7 @@ struct ClientStats {
   std::uint64_t late_replies = 0;  ///< replies to calls already ended (dropped)
   std::uint64_t bad_replies = 0;   ///< messages that are not replies (dropped)
   std::uint64_t reconnects = 0;    ///< new connections after the session with the server ended
+  ///< (a call dropped before its end is forgotten: its reply, if one comes, counts as late)
 };
 
 class Client;
@@ -170,7 +172,8 @@ class Client;
 class Call {
  public:
   Call() = default;
-  /// The call has its reply or its error. Never blocks.
+  /// The call has its reply or its error. Never blocks; when no thread is waiting on this
+  /// connection it reads what has arrived (so polling ready() alone makes progress).
   [[nodiscard]] bool ready() const noexcept;
   /// Waits up to timeout (the call's own deadline still applies); false if still pending.
   [[nodiscard]] bool wait_for(std::chrono::nanoseconds timeout) const;
