@@ -159,10 +159,9 @@ struct ClientStats {
   std::uint64_t failed = 0;        ///< ... that ended in an error (timed out and cancelled included)
   std::uint64_t timed_out = 0;
   std::uint64_t cancelled = 0;
-  std::uint64_t late_replies = 0;  ///< replies to calls already ended (dropped)
+  std::uint64_t late_replies = 0;  ///< replies to calls already ended, or whose Call was dropped
   std::uint64_t bad_replies = 0;   ///< messages that are not replies (dropped)
   std::uint64_t reconnects = 0;    ///< new connections after the session with the server ended
-  ///< (a call dropped before its end is forgotten: its reply, if one comes, counts as late)
 };
 
 class Client;
