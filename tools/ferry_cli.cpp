@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // ferry: send, receive and echo Ferry messages from the command line (ferry recv | send | echo),
-// over any endpoint ferry::open() accepts. Layer: tools/.
+// over any endpoint ferry::open() accepts; and check this machine for shared memory (ferry
+// doctor). Layer: tools/.
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -20,6 +21,8 @@
 
 #include <CLI/CLI.hpp>
 #include <ferry/ferry.hpp>
+
+#include "ferry_doctor.hpp"
 #include <nlohmann/json.hpp>
 
 #ifndef FERRY_VERSION
@@ -593,6 +596,15 @@ int main(int argc, char** argv) {
       "characters (tab and one trailing newline allowed), otherwise \"[binary N bytes]\" and the\n"
       "first 64 bytes in hex. SIGINT or SIGTERM: close cleanly and exit 0.");
 
+  bool doctor_json = false;
+  auto* doctor_cmd = app.add_subcommand(
+      "doctor", "Check what makes shared memory fail in practice here, and print the fix for each problem.");
+  doctor_cmd->add_flag("--json", doctor_json, "one JSON object: {\"problems\", \"warnings\", \"checks\": [...]}");
+  doctor_cmd->footer(
+      "Checks /dev/shm (size, mode), memfd_create, the 2 MiB hugepage pool, hugetlbfs mounts,\n"
+      "transparent hugepages, descriptor and memlock limits, IPC and network namespaces, and the\n"
+      "shm:// rendezvous directory. Exit status: 0 no problem (warnings allowed), 1 a problem.");
+
   SendArgs send;
   auto* send_cmd = app.add_subcommand(
       "send", "Connect to the server at URL, send TEXT or stdin, wait until every message is delivered, close.");
@@ -642,6 +654,7 @@ int main(int argc, char** argv) {
     if (*recv_cmd) return run_recv(recv);
     if (*send_cmd) return run_send(send);
     if (*echo_cmd) return run_echo(echo);
+    if (*doctor_cmd) return ferry::tools::doctor_main(doctor_json);
   } catch (const std::exception& e) {  // ferry::Error, and I/O errors on stdin/stdout
     std::fprintf(stderr, "ferry: %s\n", e.what());
     return 1;

@@ -104,6 +104,10 @@ struct ShmOptions {
   std::chrono::microseconds spin{20};
 };
 
+/// The directory of shm:// rendezvous sockets these options name (ShmOptions::directory, or the
+/// default it describes). Does not create or check it.
+[[nodiscard]] std::filesystem::path shm_directory(const ShmOptions& options = {});
+
 /// MQTT: mqtt:// and mqtts:// endpoints (mqtts: TLS to the broker, with SecurityOptions' ca,
 /// and certificate and key when the broker wants client certificates). The server and each of
 /// its clients are clients of the broker; topics live under the endpoint's prefix.

@@ -1276,21 +1276,24 @@ void ShmTransport::connect(Done done) {
 
 }  // namespace
 
+namespace {
+/// The rendezvous directory, and whether it is a default one (checked for its owner).
+std::filesystem::path rendezvous_dir(const ShmOptions& options, bool& default_dir) {
+  default_dir = false;
+  if (!options.directory.empty()) return options.directory;
+  if (const char* env = std::getenv("FERRY_SHM_DIR"); env != nullptr && *env != '\0') return env;
+  default_dir = true;
+  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
+    return std::filesystem::path(xdg) / "ferry";
+  }
+  return "/tmp/ferry-" + std::to_string(::geteuid());
+}
+}  // namespace
+
 std::filesystem::path rendezvous_path(const ShmOptions& options, std::string_view name, bool create) {
   namespace fs = std::filesystem;
-  fs::path dir = options.directory;
   bool default_dir = false;
-  if (dir.empty()) {
-    if (const char* env = std::getenv("FERRY_SHM_DIR"); env != nullptr && *env != '\0') {
-      dir = env;
-    } else if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
-      dir = fs::path(xdg) / "ferry";
-      default_dir = true;
-    } else {
-      dir = "/tmp/ferry-" + std::to_string(::geteuid());
-      default_dir = true;
-    }
-  }
+  const fs::path dir = rendezvous_dir(options, default_dir);
   if (create && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     throw Error(Errc::permission_denied, "shm: cannot create the rendezvous directory " + dir.string() + ": " + std::strerror(errno));
   }
@@ -1322,3 +1325,12 @@ std::filesystem::path listening_path(const Transport& transport) {
 }
 
 }  // namespace ferry::detail::shm_link
+
+namespace ferry {
+
+std::filesystem::path shm_directory(const ShmOptions& options) {
+  bool default_dir = false;
+  return detail::shm_link::rendezvous_dir(options, default_dir);
+}
+
+}  // namespace ferry
