@@ -2,10 +2,14 @@
 // ferry_rpc_peer: an rpc service or client in its own process, for tests that kill one.
 //
 //   ferry_rpc_peer server URL   serves "echo" (bytes back) and "sleep" (a u32 of milliseconds,
-//                               answered "slept"); prints "listening <endpoint>"; runs until killed
+//                               answered "slept"); prints "listening <endpoint>"; runs until
+//                               killed, or SIGTERM (a graceful shutdown, exit 0)
 //   ferry_rpc_peer client URL   connects, prints "calling", calls "sleep" for 60 s (the test
 //                               kills it mid-call)
 // Exits 0 on a clean end, 10 + ferry::Errc on a ferry::Error.
+#include <pthread.h>
+#include <signal.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -25,6 +29,10 @@ int main(int argc, char** argv) {
   options.shm.huge_pages = false;  // the pool belongs to the hugepage tests
   try {
     if (mode == "server") {
+      sigset_t set;  // SIGTERM: taken by sigwait below, so blocked in every thread
+      sigemptyset(&set);
+      sigaddset(&set, SIGTERM);
+      pthread_sigmask(SIG_BLOCK, &set, nullptr);
       ferry::rpc::Server server(options);
       server.handle("echo", [](std::span<const std::byte> in, const ferry::rpc::CallContext&) {
         return ferry::Bytes::copy_of(in);
@@ -36,7 +44,9 @@ int main(int argc, char** argv) {
       server.start();
       std::printf("listening %s\n", server.local_endpoint().c_str());
       std::fflush(stdout);
-      server.wait();
+      int sig = 0;
+      sigwait(&set, &sig);
+      server.shutdown();
       return 0;
     }
     if (mode == "client") {

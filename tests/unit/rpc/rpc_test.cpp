@@ -595,6 +595,8 @@ TEST(RpcProcesses, AKilledServerFailsEveryPendingCallPromptlyAndARestartedOneIsR
     }
   }
   EXPECT_EQ(text_of(again), "after");
+  server->kill(SIGTERM);  // a graceful end removes its rendezvous socket (SIGKILL's would stay)
+  EXPECT_EQ(server->wait(10s), 0);
 }
 
 TEST(RpcProcesses, AClientKilledMidCallLeavesNoSessionBehind) {
