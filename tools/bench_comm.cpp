@@ -550,7 +550,7 @@ int comm_main(CommArgs a) {
   const auto baseline_of = [](const std::string& impl) {
     return self_exe().parent_path() / ("ferry-" + impl + "-baseline");
   };
-  for (const char* impl : {"asio", "grpc", "paho"}) {
+  for (const char* impl : {"asio", "grpc", "paho", "uds", "bmq"}) {
     const auto it = std::find(impls.begin(), impls.end(), impl);
     if (it == impls.end())
       continue;
@@ -622,11 +622,12 @@ int comm_main(CommArgs a) {
       return median(v);
     };
     const char* key = a.pingpong ? "p50_ns" : "msgs_per_s";
-    // The baseline: plain Asio for tcp/tls, the raw ring for shm, plain gRPC for grpc/grpcs.
+    // The baseline: plain Asio for tcp/tls, the raw ring (or a Unix socket, a Boost message
+    // queue) for shm, plain gRPC for grpc/grpcs, plain paho for mqtt; the last one listed.
     double asio_value = 0;
     std::string baseline_name;
     for (std::size_t i = 0; i < impls.size(); ++i) {
-      if (impls[i] == "asio" || impls[i] == "ring" || impls[i] == "grpc" || impls[i] == "paho") {
+      if (impls[i] != "ferry") {  // the last baseline listed
         asio_value = med(i, key);
         baseline_name = impls[i];
       }
@@ -1277,10 +1278,12 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->add_option("--impl", comm->impls,
                    "ferry | asio (ferry-asio-baseline, next to this binary, for tcp/tls) | ring (the raw byte "
                    "ring, for shm) | grpc (ferry-grpc-baseline, a plain gRPC stream, for grpc/grpcs) | paho "
-                   "(ferry-paho-baseline, plain paho publish/subscribe, for mqtt/mqtts); a list runs "
+                   "(ferry-paho-baseline, plain paho publish/subscribe, for mqtt/mqtts) | uds, bmq "
+                   "(ferry-uds-baseline, ferry-bmq-baseline: a Unix socket, Boost.Interprocess "
+                   "message_queue, for shm); a list runs "
                    "each, alternating run by run")
       ->delimiter(',')
-      ->check(CLI::IsMember({"ferry", "asio", "ring", "grpc", "paho"}))
+      ->check(CLI::IsMember({"ferry", "asio", "ring", "grpc", "paho", "uds", "bmq"}))
       ->capture_default_str();
   comm_cmd->add_flag("--pingpong", comm->pingpong,
                      "round trips (the server echoes) instead of streaming");
