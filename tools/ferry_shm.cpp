@@ -168,6 +168,7 @@ struct SocketRow {
   bool listening = false;
   std::int64_t server_pid = 0;
   std::string why;  // when nobody listens
+  int error = 0;    // connect()'s errno
   double age_s = 0;
 };
 
@@ -185,7 +186,9 @@ std::vector<SocketRow> sockets() {
     r.name = f.substr(0, f.size() - 5);
     r.uid = st.st_uid;
     r.age_s = static_cast<double>(::time(nullptr) - st.st_mtime);
-    const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // Non-blocking: a server whose backlog is full (EAGAIN) is busy, not gone, and must not
+    // hang the listing.
+    const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, e.path().c_str(), sizeof addr.sun_path - 1);
@@ -195,7 +198,9 @@ std::vector<SocketRow> sockets() {
       socklen_t len = sizeof cred;
       if (::getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) r.server_pid = cred.pid;
     } else {
-      r.why = std::strerror(errno);
+      r.error = errno;
+      r.listening = r.error == EAGAIN;  // listening, its backlog full
+      r.why = std::strerror(r.error);
     }
     if (s >= 0) ::close(s);
     out.push_back(r);
@@ -265,7 +270,9 @@ int ls(bool json) {
   std::printf("rendezvous sockets (%s):\n", ferry::shm_directory().c_str());
   if (socks.empty()) std::printf("  none\n");
   for (const auto& s : socks) {
-    if (s.listening) {
+    if (s.listening && s.server_pid == 0) {
+      std::printf("  %-24s uid %-6u a server listens, its backlog full (%s)\n", s.name.c_str(), s.uid, s.why.c_str());
+    } else if (s.listening) {
       std::printf("  %-24s uid %-6u server pid %lld\n", s.name.c_str(), s.uid, static_cast<long long>(s.server_pid));
     } else {
       std::printf("  %-24s uid %-6u nobody listens (%s)  STALE (ferry-shm gc removes it)\n", s.name.c_str(), s.uid,
@@ -302,7 +309,7 @@ int gc(bool dry_run, const std::string& prefix) {
   for (const auto& s : sockets()) {
     // ECONNREFUSED: no process listens on it. A server binds and listens at once, so only a
     // socket older than 2 s counts (one still being set up is left alone).
-    if (!s.listening && s.why == std::strerror(ECONNREFUSED) && s.age_s >= 2 && mine(s.uid) && chosen(s.name)) {
+    if (!s.listening && s.error == ECONNREFUSED && s.age_s >= 2 && mine(s.uid) && chosen(s.name)) {
       act(s.path, "nobody listens");
     } else {
       ++kept;
