@@ -22,11 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fail() {
-  echo "$name: FAIL: $*" >&2
-  exit 1
-}
-pass() { echo "ok - $*"; }
+. "$(dirname "$0")/common.sh" # fail, pass, wait_for
 
 ferry() { timeout "$T" "$FERRY" "$@"; }
 

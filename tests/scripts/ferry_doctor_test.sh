@@ -19,11 +19,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-fail() {
-  echo "$name: FAIL: $*" >&2
-  exit 1
-}
-pass() { echo "ok - $*"; }
+. "$(dirname "$0")/common.sh" # fail, pass, wait_for
 
 # Runs the doctor with the given environment; sets $out (JSON) and $rc.
 doctor() {

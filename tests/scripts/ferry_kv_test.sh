@@ -20,11 +20,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-fail() {
-  echo "$name: FAIL: $*" >&2
-  exit 1
-}
-pass() { echo "ok - $*"; }
+. "$(dirname "$0")/common.sh" # fail, pass, wait_for
 
 timeout $T "$KV" serve auto://127.0.0.1:0 >"$work/out" 2>"$work/err" &
 server=$!

@@ -26,15 +26,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-fail() {
-  echo "$name: FAIL: $*" >&2
-  exit 1
-}
-pass() { echo "ok - $*"; }
-wait_for() { # FILE TEXT
-  for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  fail "no '$2' in $1: $(cat "$1" 2>/dev/null)"
-}
+. "$(dirname "$0")/common.sh" # fail, pass, wait_for
 seg_of() { "$SHM" ls --json | grep -o "{\"name\":\"$1\",[^]]*\"stale\":[a-z]*}" || true; }
 
 # A ring with a live producer (it fills the ring and waits for a consumer that never comes).
