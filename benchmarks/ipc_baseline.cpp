@@ -115,11 +115,12 @@ class Channel {
       }
     }
   }
-  /// The next message into buf (resized); false at EOF.
-  bool receive(std::vector<std::byte>& buf) {
-    std::uint32_t n = 0;
-    if (!read_all(reinterpret_cast<std::byte*>(&n), sizeof n)) return false;
-    buf.resize(n);
+  /// The next message into buf (grown when too small), its size in n; false at EOF.
+  bool receive(std::vector<std::byte>& buf, std::size_t& n) {
+    std::uint32_t len = 0;
+    if (!read_all(reinterpret_cast<std::byte*>(&len), sizeof len)) return false;
+    if (buf.size() < len) buf.resize(len);
+    n = len;
     return n == 0 || read_all(buf.data(), n);
   }
 
@@ -164,12 +165,13 @@ class Channel {
     }
   }
   void send(const std::byte* p, std::uint32_t n) { m_out->send(p, n, 0); }
-  bool receive(std::vector<std::byte>& buf) {
-    buf.resize(kBmqMaxMessage);
+  /// The next message into buf (made as large as a slot once), its size in n.
+  bool receive(std::vector<std::byte>& buf, std::size_t& n) {
+    if (buf.size() < kBmqMaxMessage) buf.resize(kBmqMaxMessage);
     bip::message_queue::size_type got = 0;
     unsigned priority = 0;
     m_in->receive(buf.data(), buf.size(), got, priority);
-    buf.resize(got);
+    n = got;
     return true;  // the empty message ends a stream
   }
 
@@ -196,15 +198,16 @@ json run_server(const Args& a) {
   std::string name;
   Channel ch = Channel::serve(name);
   std::vector<std::byte> buf;
+  std::size_t n = 0;
   std::uint64_t messages = 0, bytes = 0;
   std::optional<Clock::time_point> first;
-  while (ch.receive(buf)) {
+  while (ch.receive(buf, n)) {
     if ((messages & 1023) == 0) dog.moved();  // a mutex and a wake-up: not per message
-    if (buf.empty()) break;  // the end of the stream (or of the round trips)
+    if (n == 0) break;  // the end of the stream (or of the round trips)
     if (!first) first = Clock::now();
     ++messages;
-    bytes += buf.size();
-    if (a.pingpong) ch.send(buf.data(), static_cast<std::uint32_t>(buf.size()));
+    bytes += n;
+    if (a.pingpong) ch.send(buf.data(), static_cast<std::uint32_t>(n));
   }
   const double seconds = first ? std::chrono::duration<double>(Clock::now() - *first).count() : 0.0;
   const std::uint64_t count = messages;
@@ -228,6 +231,7 @@ json run_client(const Args& a) {
   for (std::size_t i = 0; i < size; ++i) payload[i] = static_cast<std::byte>(i * 31 + 7);
   Channel ch = Channel::connect(a.port);
   std::vector<std::byte> in;
+  std::size_t n = 0;
   json r{{"impl", kImpl}, {"role", "client"}};
   std::uint64_t sent = 0;
   if (a.pingpong) {
@@ -236,7 +240,7 @@ json run_client(const Args& a) {
     for (std::uint64_t i = 0; i < a.warmup + a.count; ++i) {
       const auto t0 = Clock::now();
       ch.send(payload.data(), static_cast<std::uint32_t>(size));
-      if (!ch.receive(in) || in.size() != size) throw std::runtime_error("a short echo");
+      if (!ch.receive(in, n) || n != size) throw std::runtime_error("a short echo");
       if (i >= a.warmup) rtt.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
       if ((i & 255) == 0) dog.moved();
     }
@@ -251,7 +255,7 @@ json run_client(const Args& a) {
     }
   }
   ch.send(payload.data(), 0);  // the end (an empty message; a valid pointer for memcpy)
-  if (!ch.receive(in) || in.size() != sizeof(std::uint64_t)) throw std::runtime_error("no count from the server");
+  if (!ch.receive(in, n) || n != sizeof(std::uint64_t)) throw std::runtime_error("no count from the server");
   std::uint64_t counted = 0;
   std::memcpy(&counted, in.data(), sizeof counted);
   if (counted != sent) {
