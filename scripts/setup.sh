@@ -13,8 +13,12 @@ packages=(
   libpaho-mqttpp-dev libpaho-mqtt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev
+  # the peers ferry-bench compare measures Ferry against (ZeroMQ, Eclipse iceoryx and its RouDi)
+  libzmq3-dev libiceoryx-posh-dev iceoryx
   # tests and tools
   mosquitto mosquitto-clients openssl iproute2 procps util-linux
+  # ferry-bench compare --plot
+  gnuplot-nox fonts-dejavu-core
 )
 
 missing=()

@@ -7,6 +7,7 @@
 // server and client purposes) or the baseline; each role bounds its waits with a watchdog.
 // Layer: tools/.
 #include "bench_comm.hpp"
+#include "bench_comm_runs.hpp"
 #include "bench_process.hpp"
 #include "bench_util.hpp"
 #include "support/mosquitto.hpp"
@@ -37,6 +38,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -324,40 +326,14 @@ int comm_client_role(const CommRoleArgs& a) {
 // ---------------------------------------------------------------------------------------------
 // comm: the driver
 
-struct CommArgs {
-  std::string transport = "tcp";
-  std::vector<std::string> sizes{"64"};
-  double seconds = 2;
-  std::vector<std::string> impls{"ferry"};
-  bool pingpong = false;
-  std::uint64_t count = 20'000;
-  std::uint64_t warmup = 0; // 0: count / 10, at least 1000
-  int reps = 3;
-  std::string pin = "auto";
-  unsigned workers = 1;
-  unsigned receive_spin_us = 0;
-  std::string payload = "borrowed";
-  std::string ring_size = "1M";
-  std::string server_host = "127.0.0.1";
-  std::string server_prefix;  // a command the server process runs under (ip netns exec ...)
-  int shm_spin_us = -1;
-  bool sleeping_server = false;
-  double interval_us = 0;
-  std::size_t asio_batch = 1;
-  std::string broker;  // mqtt, mqtts: the broker's URL; empty: this tool starts a Mosquitto
-  int qos = 1;
-  std::string mqtt_publish = "0";
-  std::string mqtt_window = "0";
-  int timeout = 30;
-  bool json_out = false;
-};
-
 // How long a driver waits for a run's results: the run itself plus the processes' own
 // stall timeouts (their watchdogs end them first).
 Clock::time_point result_deadline(const CommArgs& a) {
   const double run = a.pingpong ? static_cast<double>(a.count + a.warmup) * (1e-3 + a.interval_us * 1e-6) : a.seconds;
   return Clock::now() + seconds_to_duration(run + 4.0 * a.timeout);
 }
+
+} // namespace
 
 json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::path& cert_dir) {
   std::vector<std::string> common{"--transport", a.transport,
@@ -470,11 +446,59 @@ json run_ring(const CommArgs& a, std::size_t size, const Pin& pin) {
   }
 }
 
-/// A plain baseline as two processes: ferry-asio-baseline (tcp, tls) or ferry-grpc-baseline
-/// (grpc, grpcs), which share one command line and JSON.
-json run_baseline(const CommArgs& a, std::size_t size, const Pin& pin, const fs::path& baseline,
+namespace {
+
+// The baselines' programs, next to this binary: --impl name, program, the arguments that choose
+// its variant, and the Debian package its library comes from.
+struct BaselineProgram {
+  const char* impl;
+  const char* program;
+  std::vector<std::string> args;
+  const char* package;
+};
+const std::vector<BaselineProgram>& baseline_programs() {
+  static const std::vector<BaselineProgram> programs{
+      {"asio", "ferry-asio-baseline", {}, "libboost1.81-dev"},
+      {"grpc", "ferry-grpc-baseline", {}, "libgrpc++-dev"},
+      {"paho", "ferry-paho-baseline", {}, "libpaho-mqttpp-dev"},
+      {"uds", "ferry-uds-baseline", {}, "libboost1.81-dev"},
+      {"bmq", "ferry-bmq-baseline", {}, "libboost1.81-dev"},
+      {"zmq-ipc", "ferry-zmq-baseline", {"--over", "ipc"}, "libzmq3-dev"},
+      {"zmq-tcp", "ferry-zmq-baseline", {"--over", "tcp"}, "libzmq3-dev"},
+      {"iox", "ferry-iox-baseline", {}, "libiceoryx-posh-dev"},
+  };
+  return programs;
+}
+
+} // namespace
+
+bool is_baseline(const std::string& impl) {
+  const auto& all = baseline_programs();
+  return std::any_of(all.begin(), all.end(), [&](const BaselineProgram& p) { return impl == p.impl; });
+}
+
+std::optional<Baseline> find_baseline(const std::string& impl, std::string& why) {
+  for (const BaselineProgram& p : baseline_programs()) {
+    if (impl != p.impl)
+      continue;
+    const fs::path program = self_exe().parent_path() / p.program;
+    if (::access(program.c_str(), X_OK) != 0) {
+      why = program.string() + " was not built (its library, Debian's " + p.package +
+            ", was missing when CMake ran: scripts/setup.sh installs it; then configure again)";
+      return std::nullopt;
+    }
+    return Baseline{p.impl, program, p.args};
+  }
+  return std::nullopt;
+}
+
+/// A plain baseline as two processes (ferry-asio-baseline for tcp/tls, ferry-grpc-baseline,
+/// ferry-paho-baseline, and the same-host ones of ipc_baseline.cpp), which share one command line
+/// and JSON.
+json run_baseline(const CommArgs& a, std::size_t size, const Pin& pin, const Baseline& baseline,
                   const fs::path& cert_dir) {
   std::vector<std::string> common{"--json", "--timeout", std::to_string(a.timeout)};
+  common.insert(common.end(), baseline.args.begin(), baseline.args.end());
   if (needs_certs(a.transport))
     common.insert(common.end(), {"--tls", "--cert-dir", cert_dir.string()});
   if (a.pingpong)
@@ -489,11 +513,11 @@ json run_baseline(const CommArgs& a, std::size_t size, const Pin& pin, const fs:
   }
   std::vector<std::string> server_args{"server", "--port", port};
   server_args.insert(server_args.end(), common.begin(), common.end());
-  Process server(
-      {.name = "the " + baseline.filename().string() + " server", .program = baseline, .args = server_args, .cpu = pin.b});
+  const std::string name = baseline.program.filename().string();
+  Process server({.name = "the " + name + " server", .program = baseline.program, .args = server_args, .cpu = pin.b});
   const auto listening = server.read_line(Clock::now() + std::chrono::seconds(a.timeout));
   if (!listening || listening->rfind("listening ", 0) != 0) {
-    throw std::runtime_error("the " + baseline.filename().string() + " server failed to start" +
+    throw std::runtime_error("the " + name + " server failed to start" +
                              (listening ? ": '" + *listening + "'" : std::string()));
   }
   std::vector<std::string> client_args{"client", "--port", listening->substr(10), "--size",
@@ -506,8 +530,7 @@ json run_baseline(const CommArgs& a, std::size_t size, const Pin& pin, const fs:
                                            std::to_string(a.asio_batch)});
   }
   client_args.insert(client_args.end(), common.begin(), common.end());
-  Process client(
-      {.name = "the " + baseline.filename().string() + " client", .program = baseline, .args = client_args, .cpu = pin.a});
+  Process client({.name = "the " + name + " client", .program = baseline.program, .args = client_args, .cpu = pin.a});
   const auto deadline = result_deadline(a);
   const json c = read_result(client, deadline);
   const json s = read_result(server, deadline);
@@ -528,6 +551,116 @@ json run_baseline(const CommArgs& a, std::size_t size, const Pin& pin, const fs:
   return r;
 }
 
+namespace {
+
+// RouDi's mempools: a chunk is the payload and a 64-byte header; each size class holds a full
+// subscriber queue (256) each way, or one way for the large classes (the bench streams one way
+// and echoes one message at a time). About 670 MiB of /dev/shm, touched as the chunks are used.
+constexpr const char* kRoudiConfig = R"([general]
+version = 1
+
+[[segment]]
+
+[[segment.mempool]]
+size = 128
+count = 1024
+
+[[segment.mempool]]
+size = 1536
+count = 512
+
+[[segment.mempool]]
+size = 67584
+count = 512
+
+[[segment.mempool]]
+size = 2101248
+count = 300
+)";
+
+// "iox-roudi" on PATH, or empty.
+fs::path find_on_path(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const fs::path candidate = fs::path(dir.empty() ? "." : dir) / program;
+    if (::access(candidate.c_str(), X_OK) == 0)
+      return candidate;
+  }
+  return {};
+}
+
+// A line of iceoryx's log without its colour escapes.
+std::string without_escapes(const std::string& line) {
+  std::string out;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    if (line[i] == '\x1b') {
+      while (i < line.size() && line[i] != 'm')
+        ++i;
+      continue;
+    }
+    out += line[i];
+  }
+  return out;
+}
+
+} // namespace
+
+Roudi::Roudi(int timeout_s) {
+  const fs::path program = find_on_path("iox-roudi");
+  if (program.empty())
+    throw std::runtime_error("iox-roudi is not on PATH (Debian's iceoryx package: scripts/setup.sh installs it)");
+  std::string dir = (fs::temp_directory_path() / "ferry-roudi-XXXXXX").string();
+  if (::mkdtemp(dir.data()) == nullptr)
+    throw std::runtime_error("mkdtemp " + dir + ": " + std::strerror(errno));
+  m_dir = dir;
+  std::ofstream(m_dir / "roudi.toml") << kRoudiConfig;
+  m_process = std::make_unique<Process>(Process::Spec{.name = "iox-roudi",
+                                                      .program = program,
+                                                      .args = {"-c", (m_dir / "roudi.toml").string(), "-l", "warning"},
+                                                      .merge_stderr = true});
+  const auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+  std::string last;
+  for (;;) {
+    const auto line = m_process->read_line(deadline);
+    if (!line) {
+      const int rc = m_process->wait(Clock::now() + std::chrono::seconds(10));
+      m_process.reset();
+      fs::remove_all(m_dir);
+      throw std::runtime_error("iox-roudi did not start (exit code " + std::to_string(rc) + "): " + last);
+    }
+    if (line->find("RouDi is ready for clients") != std::string::npos)
+      return;
+    if (line->find("Error") != std::string::npos || line->find("Fatal") != std::string::npos || last.empty())
+      last = without_escapes(*line);
+  }
+}
+
+Roudi::~Roudi() {
+  if (m_process) {
+    m_process->signal(SIGTERM);
+    try {
+      (void)m_process->wait(Clock::now() + std::chrono::seconds(10));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry-bench: %s\n", e.what());
+    }
+  }
+  std::error_code ec;
+  fs::remove_all(m_dir, ec);
+  // What iceoryx's runtime leaves in /tmp when a baseline process dies (its socket and lock).
+  for (const auto& entry : fs::directory_iterator("/tmp", ec)) {
+    const std::string name = entry.path().filename().string();
+    const std::string prefix = "ferry-iox-baseline-";
+    if (name.rfind(prefix, 0) != 0)
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::atoi(name.c_str() + prefix.size()));
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH)
+      fs::remove(entry.path(), ec);
+  }
+}
+
+namespace {
+
 int comm_main(CommArgs a) {
   if (a.warmup == 0)
     a.warmup = std::max<std::uint64_t>(a.count / 10, 1000);
@@ -546,19 +679,26 @@ int comm_main(CommArgs a) {
     if (std::find(impls.begin(), impls.end(), impl) == impls.end())
       impls.push_back(impl);
   }
-  // The plain baselines, next to this binary.
-  const auto baseline_of = [](const std::string& impl) {
-    return self_exe().parent_path() / ("ferry-" + impl + "-baseline");
-  };
-  for (const char* impl : {"asio", "grpc", "paho", "uds", "bmq"}) {
-    const auto it = std::find(impls.begin(), impls.end(), impl);
-    if (it == impls.end())
+  // The plain baselines, next to this binary; skipped, saying why, when one was not built.
+  std::map<std::string, Baseline> baselines;
+  for (auto it = impls.begin(); it != impls.end();) {
+    std::string why;
+    if (const auto b = find_baseline(*it, why)) {
+      baselines.emplace(*it, *b);
+    } else if (!why.empty()) {
+      std::fprintf(stderr, "ferry-bench comm: skipping %s: %s\n", it->c_str(), why.c_str());
+      it = impls.erase(it);
       continue;
-    const fs::path program = baseline_of(impl);
-    if (::access(program.c_str(), X_OK) != 0) {
-      std::fprintf(stderr, "ferry-bench comm: skipping %s: %s not found (build the target ferry_%s_baseline)\n",
-                   impl, program.c_str(), impl);
-      impls.erase(it);
+    }
+    ++it;
+  }
+  std::unique_ptr<Roudi> roudi;  // iceoryx's daemon, while an iox run needs it
+  if (baselines.count("iox") != 0) {
+    try {
+      roudi = std::make_unique<Roudi>(a.timeout);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry-bench comm: skipping iox: %s\n", e.what());
+      impls.erase(std::find(impls.begin(), impls.end(), "iox"));
     }
   }
   if (impls.empty())
@@ -612,7 +752,7 @@ int comm_main(CommArgs a) {
       for (std::size_t i = 0; i < impls.size(); ++i) { // alternate run by run
         runs[i].push_back(impls[i] == "ferry" ? run_ferry(a, size, pin, cert_dir)
                           : impls[i] == "ring"  ? run_ring(a, size, pin)
-                                                : run_baseline(a, size, pin, baseline_of(impls[i]), cert_dir));
+                                                : run_baseline(a, size, pin, baselines.at(impls[i]), cert_dir));
       }
     }
     const auto med = [&](std::size_t i, const char* key) {
@@ -1278,12 +1418,12 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->add_option("--impl", comm->impls,
                    "ferry | asio (ferry-asio-baseline, next to this binary, for tcp/tls) | ring (the raw byte "
                    "ring, for shm) | grpc (ferry-grpc-baseline, a plain gRPC stream, for grpc/grpcs) | paho "
-                   "(ferry-paho-baseline, plain paho publish/subscribe, for mqtt/mqtts) | uds, bmq "
-                   "(ferry-uds-baseline, ferry-bmq-baseline: a Unix socket, Boost.Interprocess "
-                   "message_queue, for shm); a list runs "
+                   "(ferry-paho-baseline, plain paho publish/subscribe, for mqtt/mqtts) | uds, bmq, "
+                   "zmq-ipc, zmq-tcp, iox (a Unix socket, Boost.Interprocess message_queue, ZeroMQ, "
+                   "Eclipse iceoryx with a RouDi of its own: for shm); a list runs "
                    "each, alternating run by run")
       ->delimiter(',')
-      ->check(CLI::IsMember({"ferry", "asio", "ring", "grpc", "paho", "uds", "bmq"}))
+      ->check(CLI::IsMember({"ferry", "asio", "ring", "grpc", "paho", "uds", "bmq", "zmq-ipc", "zmq-tcp", "iox"}))
       ->capture_default_str();
   comm_cmd->add_flag("--pingpong", comm->pingpong,
                      "round trips (the server echoes) instead of streaming");

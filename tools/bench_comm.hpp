@@ -23,4 +23,8 @@ namespace ferry::bench {
 /// plain gRPC unary calls beside them.
 [[nodiscard]] std::function<std::optional<int>()> add_rpc_commands(CLI::App& app);
 
+/// The same for `compare` (tools/bench_compare.cpp): Ferry beside the peers installed from
+/// Debian (iceoryx, ZeroMQ, Boost message_queue, Unix sockets), every workload in one run.
+[[nodiscard]] std::function<std::optional<int>()> add_compare_commands(CLI::App& app);
+
 } // namespace ferry::bench

@@ -2,7 +2,11 @@
 // ferry-bench: cross-process benchmarks for people and scripts.
 //   ferry-bench ring          one-way streaming through a byte ring between two processes
 //   ferry-bench ring-pingpong round trips through two byte rings between two processes
-//   ferry-bench comm, iops    the Communicator over TCP/TLS (tools/bench_comm.cpp)
+//   ferry-bench comm, iops    the Communicator between two processes, beside plain baselines
+//                             (tools/bench_comm.cpp)
+//   ferry-bench rpc           ferry::rpc calls beside gRPC unary calls (tools/bench_rpc.cpp)
+//   ferry-bench compare       Ferry beside iceoryx, ZeroMQ, Boost message_queue and Unix
+//                             sockets, every workload in one run (tools/bench_compare.cpp)
 // The second process is this binary re-executed (hidden sub-commands ring-consumer and
 // ring-echo) with the ring segments inherited as memfd descriptors. Layer: tools/.
 #include <fcntl.h>
@@ -603,11 +607,13 @@ int main(int argc, char** argv) {
 
   const auto comm_commands = ferry::bench::add_comm_commands(app);
   const auto rpc_commands = ferry::bench::add_rpc_commands(app);
+  const auto compare_commands = ferry::bench::add_compare_commands(app);
 
   CLI11_PARSE(app, argc, argv);
   try {
     if (const auto rc = comm_commands()) return *rc;
     if (const auto rc = rpc_commands()) return *rc;
+    if (const auto rc = compare_commands()) return *rc;
     if (*ring_cmd) return ring_main(ring);
     if (*ping_cmd) return pingpong_main(ping);
     if (*consumer_cmd) return ring_consumer(fd, size, zero_copy, wait, cpu, impl);

@@ -190,10 +190,13 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   /// Files in /dev/shm (the shm transport must never leave any), leaving out the segments
   /// that the ring tests running beside this one name themselves ("ferry.test-...", see
   /// support/unique_name.hpp): they come and go while ctest runs tests in parallel.
+  /// Ferry's segment files in /dev/shm but the tests' own named rings (other programs' files,
+  /// such as a benchmark's iceoryx or message-queue segments, come and go beside these tests).
   static std::size_t dev_shm_files() {
     std::size_t n = 0;
     for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
-      if (e.path().filename().string().rfind("ferry.test-", 0) != 0) ++n;
+      const std::string file = e.path().filename().string();
+      if (file.rfind("ferry.", 0) == 0 && file.rfind("ferry.test-", 0) != 0) ++n;
     }
     return n;
   }
