@@ -7,6 +7,7 @@
 # MQTT (a Mosquitto that ferry-bench starts on loopback and stops) next to plain gRPC and plain
 # paho; over shared memory next to the raw ring; and auto://, where the same client code
 # reaches a local server over shared memory and one in another network namespace over TCP;
+# Ferry beside iceoryx, ZeroMQ, Boost's message_queue and Unix sockets (ferry-bench compare);
 # and same-host RPC with ferry::rpc (the ferry-kv example service, and ferry-bench rpc next to
 # plain gRPC unary calls).
 set -euo pipefail
@@ -16,7 +17,8 @@ bash scripts/setup.sh >/dev/null
 # Same configuration as scripts/test.sh, so the two commands share one build.
 cmake -S . -B build -G Ninja -DFERRY_WARNINGS_AS_ERRORS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target ferry_bench_tool ferry_asio_baseline ferry_grpc_baseline \
-  ferry_paho_baseline ferry_cli ferry_kv >/dev/null
+  ferry_paho_baseline ferry_uds_baseline ferry_bmq_baseline ferry_zmq_baseline ferry_iox_baseline \
+  ferry_cli ferry_kv >/dev/null
 bench=build/bin/ferry-bench
 seconds=${FERRY_DEMO_SECONDS:-1}
 # What to undo on exit (the hugepage pool, a network namespace), in reverse order.
@@ -97,6 +99,12 @@ echo "-- 64 B round trips, pinned (get() polls its ring for ShmOptions::spin = 2
 "$bench" comm --transport shm --size 64 --pingpong --count 10000 --impl ferry,ring --reps 3
 echo "-- net-queue's iops workload over shm: 500 x 2 MiB, sync"
 "$bench" iops shm pair sync --step-size 0 --max-size 21 --reps 500
+
+echo
+echo "== Ferry beside the others on this host: iceoryx, ZeroMQ, Boost message_queue, a Unix socket"
+echo "   (ferry-bench compare, shortened: $reps runs of 0.5 s per system and size; the README's table"
+echo "   is the full command's)"
+"$bench" compare --seconds 0.5 --reps "$reps" --count 10000 2>/dev/null
 
 echo
 echo "== Same-host microservice RPC (ferry::rpc): ferry-kv, the example key-value service"

@@ -204,7 +204,7 @@ void write_plot(const std::string& file, const std::vector<System>& systems, con
   if (any_pingpong) {
     script << "unset logscale x\nset logscale y\nset xtics auto rotate by -30\nunset xlabel\n"
            << "set ylabel 'round trip p50, us (log)'\nset title 'ping-pong'\n"
-           << "set style fill solid 0.8\nset boxwidth 0.6\n"
+           << "set style fill solid 0.8\nset boxwidth 0.6\nset offsets 0, 0, graph 0.12, 0\n"
            << "plot '" << (dir / "pingpong.dat").string()
            << "' using 0:2:xtic(1) with boxes notitle, '' using 0:2:(sprintf('%.1f', $2)) with labels offset 0,1 notitle\n";
   }
