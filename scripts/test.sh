@@ -4,6 +4,10 @@
 #   scripts/test.sh            RelWithDebInfo build in build/, all tests
 #   scripts/test.sh asan       ASan+UBSan build in build-asan/, all tests
 #   scripts/test.sh tsan       TSan build (clang) in build-tsan/, unit, stress and transport tests but gRPC's and MQTT's
+#   scripts/test.sh fuzz       libFuzzer+ASan+UBSan build (clang) in build-fuzz/: each fuzz target
+#                              (tests/fuzz) for FERRY_FUZZ_SECONDS (60) from its seed corpus
+#   scripts/test.sh soak       the default build's soak run: 100 TCP clients streaming into one
+#                              server for FERRY_SOAK_SECONDS (600), its memory sampled (not in CI)
 # Extra arguments after the mode go to ctest (e.g. scripts/test.sh default -L unit).
 # FERRY_STRESS_ITERS scales the stress tests; FERRY_MP_MESSAGES the multi-process transfers.
 set -euo pipefail
@@ -36,8 +40,18 @@ case "$mode" in
     # (and the Mosquitto fixture's) likewise.
     ctest_args+=(-L "unit|stress|transport" -LE script -E "[Gg]rpc|[Mm]qtt|Mosquitto")
     export TSAN_OPTIONS=halt_on_error=1 ;;
+  soak)
+    dir=build
+    cmake -S . -B "$dir" "${common[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    export FERRY_SOAK_SECONDS=${FERRY_SOAK_SECONDS:-600}
+    ctest_args=(--output-on-failure --verbose -R "^Load.SoakMemoryStaysFlat$" --timeout $((FERRY_SOAK_SECONDS + 300))) ;;
+  fuzz)
+    dir=build-fuzz
+    cmake -S . -B "$dir" "${common[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
+      -DFERRY_SANITIZER=fuzzer -DCMAKE_CXX_COMPILER=clang++-14 -DFERRY_BUILD_BENCHMARKS=OFF -DFERRY_BUILD_TOOLS=OFF
+    exec bash scripts/fuzz.sh "$dir" "$@" ;;
   *)
-    echo "usage: scripts/test.sh [default|asan|tsan] [ctest args...]" >&2
+    echo "usage: scripts/test.sh [default|asan|tsan|fuzz|soak] [ctest args...]" >&2
     exit 2 ;;
 esac
 cmake --build "$dir" -j"$jobs"

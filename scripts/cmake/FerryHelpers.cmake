@@ -11,11 +11,17 @@ if(FERRY_SANITIZER STREQUAL "address")
   target_compile_options(ferry_sanitizers INTERFACE
     -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
   target_link_options(ferry_sanitizers INTERFACE -fsanitize=address,undefined)
+elseif(FERRY_SANITIZER STREQUAL "fuzzer")
+  # libFuzzer's coverage in every library, ASan+UBSan reports as crashes (clang); the fuzz
+  # targets link -fsanitize=fuzzer themselves (tests/fuzz).
+  target_compile_options(ferry_sanitizers INTERFACE
+    -fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  target_link_options(ferry_sanitizers INTERFACE -fsanitize=address,undefined)
 elseif(FERRY_SANITIZER STREQUAL "thread")
   target_compile_options(ferry_sanitizers INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
   target_link_options(ferry_sanitizers INTERFACE -fsanitize=thread)
 elseif(NOT FERRY_SANITIZER STREQUAL "none")
-  message(FATAL_ERROR "FERRY_SANITIZER must be none, address or thread")
+  message(FATAL_ERROR "FERRY_SANITIZER must be none, address, thread or fuzzer")
 endif()
 
 # ferry_add_test(NAME SOURCES ... LABELS ... [TIMEOUT s] [LIBS ...] [RESOURCE_LOCK lock])
