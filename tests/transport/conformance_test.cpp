@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -877,6 +878,135 @@ TEST_P(Tls, ServerWithWrongHostCertificateIsRefused) {
   auto server = open(Purpose::server, so);
   Options co = client_options(server);
   EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, co); }), Errc::permission_denied);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection: peers SIGKILLed at random points, FERRY_CHAOS_ITERATIONS (100) times per
+// transport, alternating which side dies.
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+int chaos_iterations() {
+  const char* v = std::getenv("FERRY_CHAOS_ITERATIONS");
+  return v != nullptr ? std::max(1, std::atoi(v)) : 100;
+}
+
+TEST_P(Conformance, SurvivesPeersKilledAtRandomPoints) {
+  if (GetParam() != "tcp" && GetParam() != "shm" && GetParam() != "grpc" && GetParam() != "mqtt")
+    GTEST_SKIP() << "killing runs cover shm, tcp, grpc and mqtt; " << GetParam() << " shares their code";
+  const std::string peer = (std::filesystem::path(test::peer_path()).parent_path() / "ferry_comm_peer").string();
+  const int iterations = chaos_iterations();
+  const unsigned seed = std::random_device{}();
+  std::printf("seed %u (FERRY_CHAOS_ITERATIONS=%d)\n", seed, iterations);
+  std::mt19937 rng(seed);
+  const std::size_t shm_files = dev_shm_files();
+  const auto bound = shm() ? std::chrono::nanoseconds(100ms) : std::chrono::nanoseconds(Options{}.connection.keepalive_timeout);
+  std::optional<std::size_t> fds_before;
+  std::chrono::nanoseconds worst_server_death{0}, worst_client_death{0};
+  std::uint64_t echoes = 0, received = 0;
+  for (int it = 0; it < iterations; ++it) {
+    SCOPED_TRACE("iteration " + std::to_string(it) + ", seed " + std::to_string(seed));
+    const auto run_for = std::chrono::microseconds(std::uniform_int_distribution<int>(0, 20'000)(rng));
+    if (it % 2 == 0) {
+      // The server dies while the client streams numbered messages and reads their echoes.
+      test::Child child({peer, "server", server_endpoint()}, -1, true);
+      const std::string line = child.read_line();
+      ASSERT_EQ(line.rfind("listening ", 0), 0u) << line;
+      Options co = client_options(line.substr(10));
+      co.connection.resume_timeout = 200ms;
+      auto client = open(Purpose::client, co);
+      std::uint64_t sent = 0, next_echo = 0;
+      const auto until = std::chrono::steady_clock::now() + run_for;
+      do {
+        (void)client.put(numbered(sent++, 256));
+        while (auto m = client.try_get()) {
+          ASSERT_EQ(number_of(*m), next_echo++) << "an echo lost or repeated";
+        }
+      } while (std::chrono::steady_clock::now() < until);
+      const auto killed = std::chrono::steady_clock::now();
+      child.kill(SIGKILL);
+      // The echoes that arrived come first, in order; then the loss of the server.
+      Errc e{};
+      try {
+        for (;;) {
+          auto m = client.get_for(kWait);
+          ASSERT_TRUE(m.has_value()) << "the killed server was not noticed within " << kWait.count() << " s";
+          ASSERT_EQ(number_of(*m), next_echo++) << "an echo lost or repeated";
+        }
+      } catch (const Error& err) {
+        e = err.errc();
+      }
+      const auto took = std::chrono::steady_clock::now() - killed;
+      EXPECT_EQ(e, Errc::peer_lost);
+      EXPECT_LT(took, bound);
+      worst_server_death = std::max<std::chrono::nanoseconds>(worst_server_death, took);
+      EXPECT_EQ(errc_of([&] { client.put(std::string("x")).wait(); }), Errc::peer_lost);
+      EXPECT_NE(child.wait(5s), -1);
+      echoes += next_echo;
+      const Endpoint at = Endpoint::parse(line.substr(10));
+      if (at.scheme == Scheme::shm) {
+        std::error_code ec;
+        std::filesystem::remove(detail::shm_link::rendezvous_path(ShmOptions{}, at.path, false), ec);
+      }
+    } else {
+      // The client dies while it streams to the server.
+      std::atomic<int> disconnects{0};
+      Options so = server_options();
+      so.connection.resume_timeout = 50ms;
+      so.on_disconnect = [&](const PeerId&, std::error_code) { ++disconnects; };
+      auto server = open(Purpose::server, so);
+      test::Child child({peer, "client", server.local_endpoint()}, -1, true);
+      ASSERT_EQ(child.read_line(), "connected");
+      std::uint64_t next = 0;
+      const auto until = std::chrono::steady_clock::now() + run_for;
+      do {
+        if (auto m = server.get_for(1ms)) {
+          ASSERT_EQ(number_of(*m), next++) << "a message lost or repeated";
+        }
+      } while (std::chrono::steady_clock::now() < until);
+      const auto killed = std::chrono::steady_clock::now();
+      child.kill(SIGKILL);
+      while (disconnects.load() == 0) {
+        ASSERT_LT(std::chrono::steady_clock::now() - killed, kWait) << "the killed client was not noticed";
+        while (auto m = server.try_get()) {
+          ASSERT_EQ(number_of(*m), next++) << "a message lost or repeated";
+        }
+        std::this_thread::sleep_for(200us);
+      }
+      const auto took = std::chrono::steady_clock::now() - killed;
+      EXPECT_LT(took, bound);
+      worst_client_death = std::max<std::chrono::nanoseconds>(worst_client_death, took);
+      // Its session ends after the resume timeout.
+      const auto released = std::chrono::steady_clock::now() + kWait;
+      while (!server.stats().peers.empty()) {
+        ASSERT_LT(std::chrono::steady_clock::now(), released) << "the killed client's session stayed";
+        std::this_thread::sleep_for(5ms);
+      }
+      EXPECT_NE(child.wait(5s), -1);
+      received += next;
+    }
+    if (HasFatalFailure()) return;
+    // After the first round: what the transport keeps for the process (a library's threads and
+    // their descriptors) is there; later rounds must add nothing.
+    if (it == 1) fds_before = open_fds();
+  }
+  // Nothing left behind: descriptors (the transport's threads close theirs), /dev/shm files.
+  const auto settle = std::chrono::steady_clock::now() + 5s;
+  while (fds_before && open_fds() > *fds_before && std::chrono::steady_clock::now() < settle)
+    std::this_thread::sleep_for(10ms);
+  if (fds_before) {
+    EXPECT_LE(open_fds(), *fds_before) << "descriptors leaked over " << iterations << " kills";
+  }
+  EXPECT_EQ(dev_shm_files(), shm_files);
+  std::printf("%d kills (half servers, half clients): %llu echoes and %llu messages checked in order; "
+              "slowest to notice a killed server %.1f ms, a killed client %.1f ms\n",
+              iterations, static_cast<unsigned long long>(echoes), static_cast<unsigned long long>(received),
+              std::chrono::duration<double, std::milli>(worst_server_death).count(),
+              std::chrono::duration<double, std::milli>(worst_client_death).count());
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls", "shm", "auto", "grpc", "grpcs", "mqtt", "mqtts"));
