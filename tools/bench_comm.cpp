@@ -113,6 +113,7 @@ struct CommRoleArgs {
   std::size_t ring_size = std::size_t{1} << 20;
   std::string host = "127.0.0.1";  // server: the address it listens on (tcp, tls, auto)
   int shm_spin_us = -1;            // ShmOptions::spin; -1: the default
+  bool checksums = false;          // ConnectionOptions::checksums (the client asks)
   bool sleeping = false;           // server: sleep at once (no spin, no poll), whatever the above say
   std::string broker;              // mqtt, mqtts: the broker's URL (mqtt://host:port)
   int qos = 1;                     // mqtt, mqtts: MqttOptions::qos
@@ -136,6 +137,7 @@ Options role_options(const CommRoleArgs& a) {
   o.receive_spin = std::chrono::microseconds(a.receive_spin_us);
   o.shm.ring_size = a.ring_size;
   if (a.shm_spin_us >= 0) o.shm.spin = std::chrono::microseconds(a.shm_spin_us);
+  o.connection.checksums = a.checksums;
   if (a.sleeping) {
     o.receive_spin = std::chrono::microseconds(0);
     o.shm.spin = std::chrono::microseconds(0);
@@ -342,6 +344,7 @@ json run_ferry(const CommArgs& a, std::size_t size, const Pin& pin, const fs::pa
                                   "--receive-spin", std::to_string(a.receive_spin_us),
                                   "--ring-size", std::to_string(parse_size(a.ring_size)),
                                   "--shm-spin", std::to_string(a.shm_spin_us),
+                                  "--checksums", a.checksums ? "1" : "0",
                                   "--qos",       std::to_string(a.qos),
                                   "--mqtt-publish", std::to_string(parse_size(a.mqtt_publish)),
                                   "--mqtt-window", std::to_string(parse_size(a.mqtt_window)),
@@ -1465,6 +1468,7 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
       ->capture_default_str();
   comm_cmd->add_option("--shm-spin", comm->shm_spin_us, "ShmOptions::spin in microseconds (0: sleep at once)")
       ->check(CLI::Range(-1, 10'000));
+  comm_cmd->add_flag("--checksums", comm->checksums, "Ferry: ConnectionOptions::checksums (a CRC-32C per frame)");
   comm_cmd->add_option("--interval-us", comm->interval_us,
                        "--pingpong: the client busy-waits this long before each round trip (so a sleeping server sleeps)")
       ->check(CLI::NonNegativeNumber);
@@ -1491,6 +1495,7 @@ std::function<std::optional<int>()> add_comm_commands(CLI::App& app) {
     cmd->add_option("--ring-size", role->ring_size);
     cmd->add_option("--host", role->host);
     cmd->add_option("--shm-spin", role->shm_spin_us);
+    cmd->add_option("--checksums", role->checksums);
     cmd->add_option("--qos", role->qos);
     cmd->add_option("--mqtt-publish", role->mqtt_publish);
     cmd->add_option("--mqtt-window", role->mqtt_window);

@@ -36,6 +36,7 @@ struct CommArgs {
   std::string server_host = "127.0.0.1";
   std::string server_prefix;  // a command the server process runs under (ip netns exec ...)
   int shm_spin_us = -1;
+  bool checksums = false;  // Ferry: ConnectionOptions::checksums
   bool sleeping_server = false;
   double interval_us = 0;
   std::size_t asio_batch = 1;

@@ -20,6 +20,14 @@ enum class Purpose { server, client };
 /// Limits and timings of every connection (net-queue's ConnectionOptions, plus the bounds and
 /// keep-alives it lacks). All sizes are bytes.
 struct ConnectionOptions {
+  /// Client: every frame both ways carries a CRC-32C of its header and payload, checked before
+  /// it takes effect; a mismatch fails the connection (Errc::protocol_error), and a resumable
+  /// session resends what was not acknowledged, so bytes lost or altered on the way (a faulty
+  /// proxy, a broker) never reach get(). Over tcp, tls, grpc, grpcs, mqtt and mqtts (the server
+  /// follows the client); shm:// has no wire and ignores it. Off by default: TCP's checksum
+  /// and TLS's record MACs cover the usual paths, and the CRC costs a pass over every message
+  /// on each side.
+  bool checksums = false;
   /// Largest chunk a message is split into on the wire (net-queue's protocol_size).
   std::size_t transport_size = std::size_t{1} << 20;
   /// Small frames queued together are merged into one write up to this size

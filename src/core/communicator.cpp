@@ -505,18 +505,20 @@ Errc CommunicatorImpl::accept_client(const framing::Hello& hello, const std::sha
     return e;
   }
   session->fill_hello(reply);
-  reply.flags = resumed ? framing::kHelloResume : 0;
+  // Checksums: whatever the client asked (its transport and options decide).
+  reply.flags = (resumed ? framing::kHelloResume : 0) | (hello.flags & framing::kHelloChecksums);
   notify_connect(hello.id);
   return Errc{};
 }
 
-void CommunicatorImpl::client_hello(framing::Hello& hello) const {
+void CommunicatorImpl::client_hello(framing::Hello& hello, bool wire) const {
   fill_limits(hello);
   const std::lock_guard lock(m_sessions_mutex);
   if (m_server && m_server->state() != Session::State::ended) {
     m_server->fill_hello(hello);
     hello.flags = framing::kHelloResume;
   }
+  if (wire && m_options.connection.checksums) hello.flags |= framing::kHelloChecksums;
 }
 
 Errc CommunicatorImpl::attach_server(const framing::Hello& reply, const std::shared_ptr<Link>& link,

@@ -57,7 +57,8 @@ class CommunicatorImpl {
                                    framing::Hello& reply, std::shared_ptr<Session>& session,
                                    std::uint64_t& next_expected, std::string& why);
   /// Client: the hello to send on a new connection.
-  void client_hello(framing::Hello& hello) const;
+  /// `wire`: the link is a byte stream that honours ConnectionOptions::checksums (not shm).
+  void client_hello(framing::Hello& hello, bool wire) const;
   /// Client: the server's reply arrived; attach the link to our session.
   [[nodiscard]] Errc attach_server(const framing::Hello& reply, const std::shared_ptr<Link>& link,
                                    std::shared_ptr<Session>& session, std::uint64_t& next_expected,

@@ -7,6 +7,7 @@
 
 #include "core/communicator_impl.hpp"
 #include "core/session.hpp"
+#include "framing/crc32c.hpp"
 
 namespace ferry::detail {
 namespace {
@@ -18,12 +19,15 @@ constexpr std::uint64_t kWakeEveryBytes = std::uint64_t{256} << 10;
 
 FrameReader::FrameReader(CommunicatorImpl& owner) : m_owner(owner) {}
 
-void FrameReader::start(std::shared_ptr<Session> session, std::uint64_t next_expected) {
+void FrameReader::start(std::shared_ptr<Session> session, std::uint64_t next_expected, bool checksums) {
   m_session = std::move(session);
   m_reassembler.reset(next_expected, m_owner.options().connection.message_size);
   m_carry_len = 0;
   m_in_payload = false;
   m_paused = false;
+  m_checksums = checksums;
+  m_in_trailer = false;
+  m_trailer_len = 0;
 }
 
 void FrameReader::advance(std::size_t n) noexcept {
@@ -46,13 +50,29 @@ std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::s
       }
       if (!m_reassembler.chunk_done()) return pos;  // the rest of the chunk comes later
       m_in_payload = false;
-      if (m_reassembler.message_done()) {
-        m_round_delivered = true;
-        Bytes message = m_reassembler.take();
-        m_unwoken_bytes += message.size();
-        ++m_delivered;
-        if (!m_owner.deliver(m_session, std::move(message), false)) m_paused = true;
+      if (m_checksums) {
+        m_crc = framing::crc32c(m_reassembler.current_chunk(), m_crc);
+        m_in_trailer = true;
+        continue;
       }
+      if (!apply(m_pending, error, why)) return pos;
+      continue;
+    }
+    if (m_in_trailer) {
+      const std::size_t take = std::min(framing::kTrailerSize - m_trailer_len, in.size() - pos);
+      if (take) std::memcpy(m_trailer.data() + m_trailer_len, in.data() + pos, take);
+      m_trailer_len += take;
+      pos += take;
+      if (m_trailer_len < framing::kTrailerSize) return pos;
+      m_trailer_len = 0;
+      m_in_trailer = false;
+      std::uint32_t sent = 0;
+      for (std::size_t i = 0; i < framing::kTrailerSize; ++i) sent |= std::to_integer<std::uint32_t>(m_trailer[i]) << (8 * i);
+      if (sent != m_crc) {
+        damaged(error, why, "its checksum does not match");
+        return pos;
+      }
+      if (!apply(m_pending, error, why)) return pos;
       continue;
     }
     const std::byte* header = nullptr;
@@ -68,33 +88,67 @@ std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::s
       header = in.data() + pos;
       pos += framing::kHeaderSize;
     }
-    framing::FrameHeader h;
-    error = framing::decode_header(std::span<const std::byte, framing::kHeaderSize>(header, framing::kHeaderSize),
-                                   m_owner.max_chunk(), h, why);
-    if (error != Errc{}) return pos;
-    switch (h.type) {
-      case framing::FrameType::data:
-        error = m_reassembler.begin_chunk(h, why);
-        if (error != Errc{}) return pos;
-        m_in_payload = true;
-        m_round_progress = true;
-        break;
-      case framing::FrameType::ack:
-        error = m_session->on_ack(h.a, h.b, why);
-        if (error != Errc{}) return pos;
-        break;
-      case framing::FrameType::keepalive:
-        break;
-      case framing::FrameType::close:
-        if (m_defer_close) {
-          m_close_reason = static_cast<Errc>(h.a);
-          m_close_pending = true;
-          return pos;
-        }
-        m_session->on_peer_close(static_cast<Errc>(h.a));
-        break;
+    const std::span<const std::byte, framing::kHeaderSize> encoded(header, framing::kHeaderSize);
+    error = framing::decode_header(encoded, m_owner.max_chunk(), m_pending, why);
+    if (error != Errc{}) {
+      if (m_checksums) damaged(error, why, why);
+      return pos;
     }
+    if (m_checksums) m_crc = framing::crc32c(encoded);
+    if (m_pending.type == framing::FrameType::data) {
+      // The chunk's checks (continuity, size) come first; it takes effect after its payload
+      // (and trailer).
+      error = m_reassembler.begin_chunk(m_pending, why);
+      if (error != Errc{}) {
+        if (m_checksums) damaged(error, why, why);
+        return pos;
+      }
+      m_in_payload = true;
+      m_round_progress = true;
+      continue;
+    }
+    if (m_checksums) {
+      m_in_trailer = true;
+      continue;
+    }
+    if (!apply(m_pending, error, why)) return pos;
   }
+}
+
+void FrameReader::damaged(Errc& error, std::string& why, const std::string& what) {
+  // With checksums, bytes that do not make a valid frame before its checksum could vouch for
+  // it were damaged on the way (a lost or altered byte shifts or spoils what follows): the
+  // connection is lost, the session resumes and resends what was not acknowledged.
+  error = Errc::peer_lost;
+  why = "a frame damaged on the way (" + what + "); the session resumes on a new connection";
+}
+
+bool FrameReader::apply(const framing::FrameHeader& h, Errc& error, std::string& why) {
+  switch (h.type) {
+    case framing::FrameType::data:
+      if (m_reassembler.message_done()) {
+        m_round_delivered = true;
+        Bytes message = m_reassembler.take();
+        m_unwoken_bytes += message.size();
+        ++m_delivered;
+        if (!m_owner.deliver(m_session, std::move(message), false)) m_paused = true;
+      }
+      return true;
+    case framing::FrameType::ack:
+      error = m_session->on_ack(h.a, h.b, why);
+      return error == Errc{};
+    case framing::FrameType::keepalive:
+      return true;
+    case framing::FrameType::close:
+      if (m_defer_close) {
+        m_close_reason = static_cast<Errc>(h.a);
+        m_close_pending = true;
+        return false;
+      }
+      m_session->on_peer_close(static_cast<Errc>(h.a));
+      return true;
+  }
+  return true;
 }
 
 void FrameReader::end_round(bool source_idle, bool buffered_empty) {

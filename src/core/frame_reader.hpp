@@ -26,8 +26,9 @@ class FrameReader {
  public:
   explicit FrameReader(CommunicatorImpl& owner);
 
-  /// A connection is handshaken: frames go to `session`, the next message is `next_expected`.
-  void start(std::shared_ptr<Session> session, std::uint64_t next_expected);
+  /// A connection is handshaken: frames go to `session`, the next message is `next_expected`;
+  /// `checksums`: every frame carries a CRC-32C trailer (framing::kHelloChecksums agreed).
+  void start(std::shared_ptr<Session> session, std::uint64_t next_expected, bool checksums = false);
 
   /// Takes bytes of the stream. Returns how many were consumed: all of `in`, unless the
   /// receive queue filled (paused(); feed the rest after resume()) or the input is bad
@@ -66,6 +67,12 @@ class FrameReader {
 
  private:
   void wake_getters();
+  /// A whole (and, with checksums, verified) frame takes effect. False: stop feeding (error
+  /// set, or a deferred close).
+  bool apply(const framing::FrameHeader& h, Errc& error, std::string& why);
+  /// Checksums on: bad bytes before a frame's checksum vouched for it are damage in transit
+  /// (peer_lost, resumable), not the peer's protocol error.
+  static void damaged(Errc& error, std::string& why, const std::string& what);
 
   CommunicatorImpl& m_owner;
   std::shared_ptr<Session> m_session;
@@ -73,6 +80,12 @@ class FrameReader {
   std::array<std::byte, framing::kHeaderSize> m_carry{};  // a header split across feeds
   std::size_t m_carry_len = 0;
   bool m_in_payload = false;
+  bool m_checksums = false;
+  bool m_in_trailer = false;                                // the frame in m_pending waits for its trailer
+  framing::FrameHeader m_pending{};
+  std::uint32_t m_crc = 0;                                  // of m_pending's header and payload
+  std::array<std::byte, framing::kTrailerSize> m_trailer{};
+  std::size_t m_trailer_len = 0;
   bool m_paused = false;
   bool m_defer_close = false;
   bool m_close_pending = false;

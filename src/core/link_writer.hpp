@@ -5,7 +5,11 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
 
+#include "core/frame_reader.hpp"
 #include "core/session.hpp"
 #include "framing/batch.hpp"
 
@@ -83,5 +87,15 @@ class LinkWriter {
   std::atomic<bool> m_want_write{false};
   std::atomic<bool> m_keepalive_due{false};
 };
+
+/// A handshake is done: `reader` takes the session's frames from `next_expected` on and
+/// `writer` sends them, both with checksum trailers when the hello's `flags` agreed them
+/// (framing::kHelloChecksums). Before the link runs (the writer role is not held yet).
+inline void start_framing(FrameReader& reader, LinkWriter& writer, std::shared_ptr<Session> session,
+                          std::uint64_t next_expected, std::uint32_t flags) {
+  const bool checksums = (flags & framing::kHelloChecksums) != 0;
+  reader.start(std::move(session), next_expected, checksums);
+  writer.batch.set_checksums(checksums);
+}
 
 }  // namespace ferry::detail

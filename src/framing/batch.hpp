@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "framing/crc32c.hpp"
 #include "framing/frame.hpp"
 
 namespace ferry::framing {
@@ -24,7 +25,7 @@ class Batch {
 
   explicit Batch(std::size_t merge_size)
       : m_merge_size(merge_size < 4096 ? 4096 : merge_size) {
-    m_staging.resize(m_merge_size + kHeaderSize + kCopyBelow);
+    m_staging.resize(m_merge_size + kHeaderSize + kCopyBelow + kTrailerSize);
     m_buffers.reserve(kMaxBuffers + 1);
   }
 
@@ -34,6 +35,9 @@ class Batch {
     m_bytes = 0;
     m_open_start = 0;
   }
+  /// Each frame added from now on carries its CRC-32C trailer (kHelloChecksums was agreed).
+  /// Set while the batch is empty.
+  void set_checksums(bool on) noexcept { m_checksums = on; }
   [[nodiscard]] bool empty() const noexcept { return m_bytes == 0; }
   [[nodiscard]] std::size_t bytes() const noexcept { return m_bytes; }
   /// No more frames should be added: the merged bytes reached merge_size, or the write has as
@@ -41,9 +45,11 @@ class Batch {
   [[nodiscard]] bool full() const noexcept {
     return m_staged >= m_merge_size || m_buffers.size() >= kMaxBuffers;
   }
-  /// Adds a frame with its payload (header.length == payload.size()).
+  /// Adds a frame with its payload (header.length == payload.size()), and its trailer when
+  /// checksums are on.
   void add(const FrameHeader& header, std::span<const std::byte> payload) {
-    encode_header(header, std::span<std::byte, kHeaderSize>(m_staging.data() + m_staged, kHeaderSize));
+    const std::span<std::byte, kHeaderSize> encoded(m_staging.data() + m_staged, kHeaderSize);
+    encode_header(header, encoded);
     m_staged += kHeaderSize;
     if (payload.size() <= kCopyBelow) {
       if (!payload.empty()) std::memcpy(m_staging.data() + m_staged, payload.data(), payload.size());
@@ -53,6 +59,12 @@ class Batch {
       m_buffers.push_back(payload);
     }
     m_bytes += kHeaderSize + payload.size();
+    if (m_checksums) {
+      const std::uint32_t crc = crc32c(payload, crc32c(encoded));
+      for (std::size_t i = 0; i < kTrailerSize; ++i) m_staging[m_staged + i] = static_cast<std::byte>(crc >> (8 * i));
+      m_staged += kTrailerSize;
+      m_bytes += kTrailerSize;
+    }
   }
   /// The pieces of the write, in order.
   [[nodiscard]] const std::vector<std::span<const std::byte>>& buffers() {
@@ -74,6 +86,7 @@ class Batch {
   std::size_t m_staged = 0;      // bytes used in m_staging
   std::size_t m_open_start = 0;  // start of the staged run not yet in m_buffers
   std::size_t m_bytes = 0;
+  bool m_checksums = false;
 };
 
 }  // namespace ferry::framing

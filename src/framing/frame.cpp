@@ -63,7 +63,7 @@ Errc decode_hello(std::span<const std::byte, kHelloSize> in, Hello& h, std::stri
   h.max_message = get_le<std::uint64_t>(p + 48);
   h.max_chunk = get_le<std::uint32_t>(p + 56);
   h.status = get_le<std::uint32_t>(p + 60);
-  if ((h.flags & ~(kHelloResume | kHelloProbe)) != 0) {
+  if ((h.flags & ~(kHelloResume | kHelloProbe | kHelloChecksums)) != 0) {
     why = "unknown handshake flags";
     return Errc::protocol_error;
   }

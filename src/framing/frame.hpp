@@ -19,7 +19,8 @@
 //   refuses the client (the connection then closes). flags: kHelloResume (client: resume my
 //   session if you have it; server: resumed), kHelloProbe (auto:// client: only tell me where
 //   you are; the server replies with its hello and a Locality block, then closes, and no
-//   session is made).
+//   session is made), kHelloChecksums (client: every frame both ways carries a checksum;
+//   server: agreed, echoed).
 //
 // Locality (exactly kLocalitySize bytes, after the hello of a probe's reply):
 //
@@ -43,6 +44,11 @@
 //              queue), b = payload bytes received on this connection; length = 0.
 //   keepalive: length = 0, a = b = c = 0.
 //   close:     a = the Errc why (0: a clean close); length = 0.
+//
+// With checksums agreed in the handshake (kHelloChecksums), each frame (header and payload) is
+// followed by a 4-byte trailer: the CRC-32C of its header and payload, little-endian. The
+// frame takes effect only once its trailer matches; a mismatch is Errc::protocol_error (the
+// connection fails; a resumable session resends what was not acknowledged).
 #pragma once
 
 #include <array>
@@ -62,6 +68,9 @@ inline constexpr std::size_t kHelloSize = 64;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::uint32_t kHelloResume = 1u << 0;
 inline constexpr std::uint32_t kHelloProbe = 1u << 1;
+inline constexpr std::uint32_t kHelloChecksums = 1u << 2;
+/// The checksum trailer after each frame when kHelloChecksums was agreed.
+inline constexpr std::size_t kTrailerSize = 4;
 inline constexpr std::size_t kLocalitySize = 160;
 inline constexpr std::size_t kMaxLocalityPath = 107;  // a Unix socket path (sun_path less its NUL)
 /// The largest chunk any side may announce (the length field is 32-bit).

@@ -64,7 +64,13 @@ class Reassembler {
       return Errc::protocol_error;
     }
     m_chunk_left = h.length;
+    m_chunk_start = m_received;
+    m_chunk_size = h.length;
     return Errc{};
+  }
+  /// The bytes of the chunk begun last (complete once chunk_done()), for its checksum.
+  [[nodiscard]] std::span<const std::byte> current_chunk() const noexcept {
+    return m_chunk_size == 0 ? std::span<const std::byte>() : m_message.span().subspan(m_chunk_start, m_chunk_size);
   }
 
   /// Where the rest of the current chunk goes.
@@ -95,6 +101,8 @@ class Reassembler {
   std::uint64_t m_max_message = 0;
   std::uint64_t m_received = 0;
   std::size_t m_chunk_left = 0;
+  std::size_t m_chunk_start = 0;
+  std::size_t m_chunk_size = 0;
   bool m_in_message = false;
 };
 

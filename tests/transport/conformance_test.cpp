@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -880,6 +881,21 @@ TEST_P(Tls, ServerWithWrongHostCertificateIsRefused) {
   EXPECT_EQ(errc_of([&] { (void)open(Purpose::client, co); }), Errc::permission_denied);
 }
 
+TEST_P(Conformance, WithChecksumsEveryMessageArrivesBothWays) {
+  // The client asks (ConnectionOptions::checksums); the server follows; shm ignores it.
+  auto server = open(Purpose::server, server_options());
+  Options co = client_options(server);
+  co.connection.checksums = true;
+  auto client = open(Purpose::client, co);
+  constexpr std::uint64_t kCount = 500;
+  for (std::uint64_t i = 0; i < kCount; ++i) (void)client.put(numbered(i, 1 + (i * 97) % 5000));
+  (void)client.put(numbered(kCount, 3 << 20));  // chunked: a trailer per chunk
+  for (std::uint64_t i = 0; i <= kCount; ++i) ASSERT_EQ(number_of(must_get(server)), i);
+  for (std::uint64_t i = 0; i < kCount; ++i) (void)server.put(numbered(i, 100), client.id());
+  for (std::uint64_t i = 0; i < kCount; ++i) ASSERT_EQ(number_of(must_get(client)), i);
+  client.close();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fault injection: peers SIGKILLed at random points, FERRY_CHAOS_ITERATIONS (100) times per
 // transport, alternating which side dies.
@@ -1007,6 +1023,136 @@ TEST_P(Conformance, SurvivesPeersKilledAtRandomPoints) {
               iterations, static_cast<unsigned long long>(echoes), static_cast<unsigned long long>(received),
               std::chrono::duration<double, std::milli>(worst_server_death).count(),
               std::chrono::duration<double, std::milli>(worst_client_death).count());
+}
+
+// Message i of a fault run: its number, then bytes that depend on it and on their position,
+// in a size that varies with i, so a receiver tells a lost, repeated, reordered, cut or
+// corrupted message from the right one.
+Bytes patterned(std::uint64_t i) {
+  const std::size_t size = 8 + (i * 2654435761u) % 3000;
+  Bytes b(size);
+  std::memcpy(b.data(), &i, sizeof i);
+  for (std::size_t j = sizeof i; j < size; ++j) b.data()[j] = static_cast<std::byte>((i * 31 + j * 7) & 0xff);
+  return b;
+}
+bool intact(const Message& m, std::uint64_t i) {
+  const Bytes want = patterned(i);
+  return m.data.size() == want.size() && std::memcmp(m.data.data(), want.data(), want.size()) == 0;
+}
+
+TEST_P(Conformance, ThroughDelaysSplitsDropsAndCorruptionNothingIsLostRepeatedOrAltered) {
+  if (GetParam() != "tcp" && GetParam() != "grpc" && GetParam() != "mqtt")
+    GTEST_SKIP() << "a proxy between the peers: tcp, grpc and mqtt (TLS would refuse the first altered byte; shm has no wire)";
+  // Keep-alives every 10 ms: a byte lost inside a payload leaves the reader waiting for the
+  // rest of its chunk, and the next bytes (a keep-alive's, if nothing else) complete it sooner.
+  Options so = server_options();
+  so.connection.keepalive_interval = 10ms;
+  so.connection.keepalive_timeout = 2s;
+  auto server = open(Purpose::server, so);
+  // TCP and gRPC: between client and server; MQTT: between the client and the broker.
+  testing::TcpProxy proxy("127.0.0.1", port_of(server));
+  const unsigned seed = std::random_device{}();
+  proxy.set_seed(seed);
+  std::printf("proxy seed %u\n", seed);
+  Options co = client_options(via_port(server, proxy.port()));
+  co.connection.checksums = true;  // the point: bytes altered on the way never reach get()
+  co.connection.keepalive_interval = 10ms;
+  co.connection.keepalive_timeout = 2s;
+  co.on_disconnect = [](const PeerId&, std::error_code ec) { std::printf("client: disconnected: %s\n", ec.message().c_str()); };
+  auto client = open(Purpose::client, co);
+  struct Phase {
+    const char* what;
+    std::function<void()> set;
+    std::uint64_t messages;
+  };
+  using testing::Direction;
+  const Phase phases[] = {
+      {"pieces of at most 7 bytes one way and 13 the other", [&] {
+         proxy.set_max_chunk(Direction::client_to_server, 7);
+         proxy.set_max_chunk(Direction::server_to_client, 13);
+       }, 400},
+      {"a 200 us delay before each piece", [&] {
+         proxy.set_delay(Direction::client_to_server, 200us);
+         proxy.set_delay(Direction::server_to_client, 200us);
+       }, 400},
+      {"pieces of at most 1 KiB, 1 in 200 dropped", [&] {
+         for (const auto d : {Direction::client_to_server, Direction::server_to_client}) {
+           proxy.set_max_chunk(d, 1024);
+           proxy.set_drop_probability(d, 0.005);
+         }
+       }, 2000},
+      {"pieces of at most 1 KiB, 1 in 200 with a bit flipped", [&] {
+         for (const auto d : {Direction::client_to_server, Direction::server_to_client}) {
+           proxy.set_max_chunk(d, 1024);
+           proxy.set_corrupt_probability(d, 0.005);
+         }
+       }, 2000},
+  };
+  std::uint64_t up = 0, down = 0;  // numbers sent so far each way
+  for (const Phase& phase : phases) {
+    // MQTT: a byte lost or altered between a client and the broker breaks the MQTT connection
+    // itself, and the Ferry session over it does not come back yet (README, Reliability).
+    if (mqtt() && (std::strstr(phase.what, "dropped") != nullptr || std::strstr(phase.what, "flipped") != nullptr)) continue;
+    SCOPED_TRACE(phase.what);
+    std::printf("%s: %llu messages up, %llu down\n", phase.what, static_cast<unsigned long long>(phase.messages),
+                static_cast<unsigned long long>(phase.messages / 4));
+    std::fflush(stdout);
+    proxy.clear_faults();
+    phase.set();
+    std::thread sender([&, first = up, n = phase.messages] {
+      for (std::uint64_t i = first; i < first + n; ++i) (void)client.put(patterned(i));
+    });
+    std::thread echo([&, first = down, n = phase.messages / 4] {
+      for (std::uint64_t i = first; i < first + n; ++i) (void)server.put(patterned(i), client.id());
+    });
+    // Every message, checked; a failure still joins the senders (the proxy is cleared and the
+    // peers closed so their puts end).
+    const auto receive = [&](Communicator& c, std::uint64_t first, std::uint64_t n, const char* from) {
+      for (std::uint64_t i = first; i < first + n; ++i) {
+        const auto m = c.get_for(30s);
+        if (!m) return "message " + std::to_string(i) + " from the " + from + " not there after 30 s";
+        if (!intact(*m, i)) {
+          return "message " + std::to_string(i) + " from the " + from + " lost, repeated or altered (got number " +
+                 std::to_string(number_of(*m)) + ", " + std::to_string(m->data.size()) + " bytes)";
+        }
+      }
+      return std::string();
+    };
+    std::string failure = receive(server, up, phase.messages, "client");
+    if (failure.empty()) failure = receive(client, down, phase.messages / 4, "server");
+    if (!failure.empty()) {
+      for (const auto* c : {&server, &client}) {
+        for (const auto& peer : c->stats().peers) {
+          std::printf("%s's peer: connects %llu, connected %d, queued %llu, received %llu\n", c == &server ? "server" : "client",
+                      static_cast<unsigned long long>(peer.connects), static_cast<int>(peer.connected),
+                      static_cast<unsigned long long>(peer.messages_queued), static_cast<unsigned long long>(peer.messages_received));
+        }
+      }
+      std::printf("proxy: %llu connections, %llu cut\n", static_cast<unsigned long long>(proxy.connections_accepted()),
+                  static_cast<unsigned long long>(proxy.connections_cut()));
+      proxy.clear_faults();
+      client.close();
+      server.close();
+    }
+    sender.join();
+    echo.join();
+    ASSERT_EQ(failure, "");
+    up += phase.messages;
+    down += phase.messages / 4;
+  }
+  proxy.clear_faults();
+  EXPECT_FALSE(server.get_for(100ms).has_value()) << "a message more than was sent";
+  const Stats st = server.stats();
+  ASSERT_EQ(st.peers.size(), 1u);
+  std::printf("%llu + %llu messages intact; proxy: %llu connections, %llu + %llu pieces dropped, %llu + %llu corrupted; "
+              "client connects %llu\n",
+              static_cast<unsigned long long>(up), static_cast<unsigned long long>(down),
+              static_cast<unsigned long long>(proxy.connections_accepted()),
+              static_cast<unsigned long long>(proxy.chunks_dropped(Direction::client_to_server)),
+              static_cast<unsigned long long>(proxy.chunks_dropped(Direction::server_to_client)),
+              static_cast<unsigned long long>(proxy.chunks_corrupted(Direction::client_to_server)),
+              static_cast<unsigned long long>(proxy.chunks_corrupted(Direction::server_to_client)),
+              static_cast<unsigned long long>(st.peers[0].connects));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, Conformance, ::testing::Values("tcp", "tls", "shm", "auto", "grpc", "grpcs", "mqtt", "mqtts"));

@@ -425,7 +425,7 @@ void Connection::start(Done done) {
     if (self->m_failed || !self->m_stream) return;
     if (self->m_role == Role::client) {
       framing::Hello hello;
-      self->m_owner.client_hello(hello);
+      self->m_owner.client_hello(hello, true);
       framing::encode_hello(hello, self->m_hello_out);
       self->m_out = copy_buffer(self->m_hello_out);
       self->m_writing = true;
@@ -454,7 +454,7 @@ void Connection::on_hello() {
     if (e != Errc{}) {
       m_refusal = Failure{e, "refused client " + m_remote + ": " + why};
     } else {
-      m_reader.start(m_session, next_expected);
+      start_framing(m_reader, m_writer, m_session, next_expected, reply.flags);
     }
     framing::encode_hello(reply, m_hello_out);
     m_out = copy_buffer(m_hello_out);
@@ -466,7 +466,7 @@ void Connection::on_hello() {
   if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
     return handshake_failed(std::move(*f));
   }
-  m_reader.start(m_session, next_expected);
+  start_framing(m_reader, m_writer, m_session, next_expected, hello.flags);
   m_reply_read = true;
   if (m_hello_written) run();
 }

@@ -417,7 +417,7 @@ void Connection::start(Done done) {
     });
     if (self->m_failed || self->m_role != Role::client) return;
     framing::Hello hello;
-    self->m_owner.client_hello(hello);
+    self->m_owner.client_hello(hello, true);
     std::string piece(kPubHeaderSize + framing::kHelloSize, '\0');
     framing::encode_hello(hello, std::span<std::byte, framing::kHelloSize>(
                                      reinterpret_cast<std::byte*>(piece.data()) + kPubHeaderSize, framing::kHelloSize));
@@ -502,7 +502,7 @@ void Connection::on_hello(std::span<const std::byte> bytes) {
   if (m_role == Role::server) {
     framing::Hello reply;
     const Errc e = answer_hello(m_owner, hello, decoded, "mqtt", shared_from_this(), reply, m_session, next_expected, why);
-    if (e == Errc{}) m_reader.start(m_session, next_expected);
+    if (e == Errc{}) start_framing(m_reader, m_writer, m_session, next_expected, reply.flags);
     std::string piece(kPubHeaderSize + framing::kHelloSize, '\0');
     framing::encode_hello(reply, std::span<std::byte, framing::kHelloSize>(
                                      reinterpret_cast<std::byte*>(piece.data()) + kPubHeaderSize, framing::kHelloSize));
@@ -516,7 +516,7 @@ void Connection::on_hello(std::span<const std::byte> bytes) {
   if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
     return handshake_failed(std::move(*f));
   }
-  m_reader.start(m_session, next_expected);
+  start_framing(m_reader, m_writer, m_session, next_expected, hello.flags);
   run();
 }
 

@@ -463,7 +463,7 @@ void Connection::start(Done done) {
     m_peer_identity = ferry::shm::layout::make_identity(pid, ferry::shm::process_start_time(pid));
   }
   framing::Hello hello;
-  m_owner.client_hello(hello);
+  m_owner.client_hello(hello, false);
   framing::encode_hello(hello, m_hello_out);
   asio::async_write(m_socket, asio::buffer(m_hello_out), [self = shared_from_this()](const error_code& ec, std::size_t) {
     if (self->m_failed) return;

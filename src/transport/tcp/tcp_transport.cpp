@@ -312,7 +312,7 @@ void Connection::tls_handshake() {
 
 void Connection::send_hello() {
   framing::Hello hello;
-  m_owner.client_hello(hello);
+  m_owner.client_hello(hello, true);
   framing::encode_hello(hello, m_hello_out);
   m_stream.async_write_all(asio::buffer(m_hello_out), [self = shared_from_this()](const error_code& ec, std::size_t) {
     if (self->m_failed) return;
@@ -375,7 +375,7 @@ void Connection::on_hello(const framing::Hello& hello) {
       reply.flags = 0;
     }
     framing::encode_hello(reply, m_hello_out);
-    m_reader.start(m_session, next_expected);
+    start_framing(m_reader, m_writer, m_session, next_expected, reply.flags);
     m_stream.async_write_all(asio::buffer(m_hello_out), [self = shared_from_this(), e, why](const error_code& ec, std::size_t) {
       if (self->m_failed) return;
       if (e != Errc{}) return self->handshake_failed({e, "refused client: " + why});
@@ -387,7 +387,7 @@ void Connection::on_hello(const framing::Hello& hello) {
   if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
     return handshake_failed(std::move(*f));
   }
-  m_reader.start(m_session, next_expected);
+  start_framing(m_reader, m_writer, m_session, next_expected, hello.flags);
   run();
 }
 
