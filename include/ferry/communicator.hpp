@@ -32,6 +32,8 @@ struct PeerStats {
   std::string transport_detail;
   std::string remote;     ///< the peer's address as the transport sees it
   bool connected = false;
+  /// Frames on the current connection carry CRC-32C trailers (ConnectionOptions::checksums).
+  bool checksums = false;
   std::uint64_t connects = 0;  ///< 1 + the number of resumed reconnections
   std::uint64_t messages_sent = 0, bytes_sent = 0;          ///< payload, acknowledged
   std::uint64_t messages_received = 0, bytes_received = 0;  ///< payload, delivered to get()

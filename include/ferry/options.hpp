@@ -21,12 +21,14 @@ enum class Purpose { server, client };
 /// keep-alives it lacks). All sizes are bytes.
 struct ConnectionOptions {
   /// Client: every frame both ways carries a CRC-32C of its header and payload, checked before
-  /// it takes effect; a mismatch fails the connection (Errc::protocol_error), and a resumable
-  /// session resends what was not acknowledged, so bytes lost or altered on the way (a faulty
-  /// proxy, a broker) never reach get(). Over tcp, tls, grpc, grpcs, mqtt and mqtts (the server
-  /// follows the client); shm:// has no wire and ignores it. Off by default: TCP's checksum
-  /// and TLS's record MACs cover the usual paths, and the CRC costs a pass over every message
-  /// on each side.
+  /// it takes effect; a mismatch (or bytes that make no valid frame before a checksum vouched
+  /// for them) fails the connection as lost (Errc::peer_lost), the session resumes and resends
+  /// what was not acknowledged, so bytes lost or altered on the way (a faulty proxy, a broker)
+  /// never reach get(). Nine damaged connections in a row without a message delivered end the
+  /// session with Errc::protocol_error. Over tcp, tls, grpc, grpcs, mqtt and mqtts (the
+  /// server follows the client; PeerStats::checksums says whether a connection uses them);
+  /// shm:// has no wire and ignores it. Off by default: TCP's checksum and TLS's record MACs
+  /// cover the usual paths, and the CRC costs a pass over every message on each side.
   bool checksums = false;
   /// Largest chunk a message is split into on the wire (net-queue's protocol_size).
   std::size_t transport_size = std::size_t{1} << 20;

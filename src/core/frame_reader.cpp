@@ -14,6 +14,7 @@ namespace {
 
 constexpr unsigned kWakeEveryRounds = 16;
 constexpr std::uint64_t kWakeEveryBytes = std::uint64_t{256} << 10;
+constexpr unsigned kMaxDamagedInARow = 8;
 
 }  // namespace
 
@@ -28,6 +29,7 @@ void FrameReader::start(std::shared_ptr<Session> session, std::uint64_t next_exp
   m_checksums = checksums;
   m_in_trailer = false;
   m_trailer_len = 0;
+  m_delivered_at_start = m_delivered;
 }
 
 void FrameReader::advance(std::size_t n) noexcept {
@@ -118,7 +120,15 @@ std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::s
 void FrameReader::damaged(Errc& error, std::string& why, const std::string& what) {
   // With checksums, bytes that do not make a valid frame before its checksum could vouch for
   // it were damaged on the way (a lost or altered byte shifts or spoils what follows): the
-  // connection is lost, the session resumes and resends what was not acknowledged.
+  // connection is lost, the session resumes and resends what was not acknowledged. A peer
+  // whose every connection is damaged before it delivers anything is refused instead.
+  const unsigned in_a_row = m_session->damaged_connection(m_delivered > m_delivered_at_start);
+  if (in_a_row > kMaxDamagedInARow) {
+    error = Errc::protocol_error;
+    why = "a frame damaged on the way (" + what + "), on " + std::to_string(in_a_row) +
+          " connections in a row without a message: the session ends";
+    return;
+  }
   error = Errc::peer_lost;
   why = "a frame damaged on the way (" + what + "); the session resumes on a new connection";
 }

@@ -94,6 +94,7 @@ class LinkWriter {
 inline void start_framing(FrameReader& reader, LinkWriter& writer, std::shared_ptr<Session> session,
                           std::uint64_t next_expected, std::uint32_t flags) {
   const bool checksums = (flags & framing::kHelloChecksums) != 0;
+  if (session) session->set_checksums(checksums);
   reader.start(std::move(session), next_expected, checksums);
   writer.batch.set_checksums(checksums);
 }

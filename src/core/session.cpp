@@ -369,10 +369,22 @@ std::uint64_t Session::detach_epoch() const {
   return m_detach_epoch;
 }
 
+void Session::set_checksums(bool on) {
+  const std::lock_guard lock(m_mutex);
+  m_checksums = on;
+}
+
+unsigned Session::damaged_connection(bool progressed) {
+  const std::lock_guard lock(m_mutex);
+  m_damaged_in_a_row = progressed ? 1 : m_damaged_in_a_row + 1;
+  return m_damaged_in_a_row;
+}
+
 void Session::stats(PeerStats& out) const {
   const std::lock_guard lock(m_mutex);
   out.id = m_peer;
   out.connected = m_state == State::live && m_link != nullptr;
+  out.checksums = out.connected && m_checksums;
   if (m_link) {
     out.transport = m_link->transport();
     out.remote = m_link->remote();

@@ -88,6 +88,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void delivered_one(std::uint64_t bytes);
   /// Asks the writer to send an ack (once per read batch). Kicks the link.
   void ack_due();
+  /// The current connection's frames carry checksums (shown in stats()).
+  void set_checksums(bool on);
+  /// A connection of this session failed on damaged bytes (checksums on); `progressed`: it
+  /// delivered messages first. Returns how many damaged connections came in a row without
+  /// progress: a peer that only ever sends damage is not resumed forever.
+  unsigned damaged_connection(bool progressed);
   [[nodiscard]] Errc on_ack(std::uint64_t delivered_id, std::uint64_t received, std::string& why);
   /// The peer sent a close frame with this reason.
   void on_peer_close(Errc reason);
@@ -156,6 +162,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::uint64_t m_next_expected = 1;
   std::uint64_t m_conn_received = 0;
   bool m_ack_due = false;
+  bool m_checksums = false;
+  unsigned m_damaged_in_a_row = 0;
   std::uint64_t m_acked_delivered = 0;  // what our last ack frame said
   std::uint64_t m_acked_received = 0;
   // Close handshake.

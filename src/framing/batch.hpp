@@ -25,7 +25,9 @@ class Batch {
 
   explicit Batch(std::size_t merge_size)
       : m_merge_size(merge_size < 4096 ? 4096 : merge_size) {
-    m_staging.resize(m_merge_size + kHeaderSize + kCopyBelow + kTrailerSize);
+    // Frames are added while !full(): the last one may start just below merge_size and carry
+    // kCopyBelow bytes, and Session::fill may follow it with an ack and a close frame.
+    m_staging.resize(m_merge_size + kCopyBelow + 3 * (kHeaderSize + kTrailerSize));
     m_buffers.reserve(kMaxBuffers + 1);
   }
 

@@ -47,8 +47,8 @@
 //
 // With checksums agreed in the handshake (kHelloChecksums), each frame (header and payload) is
 // followed by a 4-byte trailer: the CRC-32C of its header and payload, little-endian. The
-// frame takes effect only once its trailer matches; a mismatch is Errc::protocol_error (the
-// connection fails; a resumable session resends what was not acknowledged).
+// frame takes effect only once its trailer matches; a mismatch fails the connection as lost
+// (Errc::peer_lost: a resumable session resends what was not acknowledged; see FrameReader).
 #pragma once
 
 #include <array>

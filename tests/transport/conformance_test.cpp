@@ -772,6 +772,44 @@ TEST_P(BadInput, EachIsDroppedWhileOtherClientsAreServed) {
   still_serving();
 }
 
+TEST_P(BadInput, WithChecksumsDamageResumesButAPeerSendingOnlyDamageIsRefused) {
+  // A client that agreed checksums and sends only garbage: each connection is lost (resumable,
+  // as damage on the way would be) until the ninth in a row without a message ends the session.
+  std::mutex mu;
+  std::vector<std::error_code> reasons;
+  Options so = server_options();
+  so.on_disconnect = [&](const PeerId&, std::error_code ec) {
+    const std::lock_guard lock(mu);
+    reasons.push_back(ec);
+  };
+  auto server = open(Purpose::server, so);
+  auto h = hello_bytes();  // one id for every connection
+  h[12] = static_cast<std::byte>(framing::kHelloResume | framing::kHelloChecksums);
+  for (std::size_t i = 0; i < 9; ++i) {
+    RawSocket raw(port_of(server));
+    raw.send(h.data(), h.size());
+    const std::string reply = raw.read_until_closed(64);
+    ASSERT_EQ(reply.size(), 64u);
+    EXPECT_EQ(static_cast<std::uint8_t>(reply[60]), 0) << "connection " << i << " refused";
+    EXPECT_NE(static_cast<std::uint8_t>(reply[12]) & framing::kHelloChecksums, 0u) << "checksums not agreed";
+    const std::string junk(40, 'x');
+    raw.send(junk.data(), junk.size());
+    EXPECT_TRUE(raw.closed_by_peer());
+    const auto deadline = std::chrono::steady_clock::now() + kWait;
+    for (;;) {
+      {
+        const std::lock_guard lock(mu);
+        if (reasons.size() > i) break;
+      }
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "connection " << i << " not dropped";
+      std::this_thread::sleep_for(1ms);
+    }
+  }
+  const std::lock_guard lock(mu);
+  for (std::size_t i = 0; i < 8; ++i) EXPECT_EQ(reasons[i], make_error_code(Errc::peer_lost)) << i;
+  EXPECT_EQ(reasons[8], make_error_code(Errc::protocol_error));
+}
+
 TEST_P(BadInput, AnnouncedSizeBeyondMemoryIsRefusedNotFatal) {
   if (kSanitizedAllocator) {
     GTEST_SKIP() << "the sanitizer's allocator aborts on an impossible size instead of throwing bad_alloc";
@@ -893,6 +931,12 @@ TEST_P(Conformance, WithChecksumsEveryMessageArrivesBothWays) {
   for (std::uint64_t i = 0; i <= kCount; ++i) ASSERT_EQ(number_of(must_get(server)), i);
   for (std::uint64_t i = 0; i < kCount; ++i) (void)server.put(numbered(i, 100), client.id());
   for (std::uint64_t i = 0; i < kCount; ++i) ASSERT_EQ(number_of(must_get(client)), i);
+  // Both sides agreed on them (or, over shm, neither uses them).
+  const bool wire = !shm() && GetParam() != "auto";  // auto on one host runs over shm
+  ASSERT_EQ(client.stats().peers.size(), 1u);
+  ASSERT_EQ(server.stats().peers.size(), 1u);
+  EXPECT_EQ(client.stats().peers[0].checksums, wire);
+  EXPECT_EQ(server.stats().peers[0].checksums, wire);
   client.close();
 }
 
@@ -1060,6 +1104,7 @@ TEST_P(Conformance, ThroughDelaysSplitsDropsAndCorruptionNothingIsLostRepeatedOr
   co.connection.keepalive_timeout = 2s;
   co.on_disconnect = [](const PeerId&, std::error_code ec) { std::printf("client: disconnected: %s\n", ec.message().c_str()); };
   auto client = open(Purpose::client, co);
+  ASSERT_TRUE(client.stats().peers.at(0).checksums) << "the server did not agree to checksums";
   struct Phase {
     const char* what;
     std::function<void()> set;
