@@ -24,7 +24,7 @@ struct ConnectionOptions {
   /// it takes effect; a mismatch (or bytes that make no valid frame before a checksum vouched
   /// for them) fails the connection as lost (Errc::peer_lost), the session resumes and resends
   /// what was not acknowledged, so bytes lost or altered on the way (a faulty proxy, a broker)
-  /// never reach get(). Nine damaged connections in a row without a message delivered end the
+  /// never reach get(). Nine damaged connections in a row without one good frame end the
   /// session with Errc::protocol_error. Over tcp, tls, grpc, grpcs, mqtt and mqtts (the
   /// server follows the client; PeerStats::checksums says whether a connection uses them);
   /// shm:// has no wire and ignores it. Off by default: TCP's checksum and TLS's record MACs

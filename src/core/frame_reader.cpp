@@ -16,6 +16,17 @@ constexpr unsigned kWakeEveryRounds = 16;
 constexpr std::uint64_t kWakeEveryBytes = std::uint64_t{256} << 10;
 constexpr unsigned kMaxDamagedInARow = 8;
 
+// Bytes of a fixed-size piece (a header, a trailer) that may arrive split across feeds: adds
+// what `in` has from `pos` to `buf` (holding `len` so far); true once it is whole.
+template <std::size_t N>
+bool gather(std::array<std::byte, N>& buf, std::size_t& len, std::span<const std::byte> in, std::size_t& pos) {
+  const std::size_t take = std::min(N - len, in.size() - pos);
+  if (take) std::memcpy(buf.data() + len, in.data() + pos, take);
+  len += take;
+  pos += take;
+  return len == N;
+}
+
 }  // namespace
 
 FrameReader::FrameReader(CommunicatorImpl& owner) : m_owner(owner) {}
@@ -29,7 +40,7 @@ void FrameReader::start(std::shared_ptr<Session> session, std::uint64_t next_exp
   m_checksums = checksums;
   m_in_trailer = false;
   m_trailer_len = 0;
-  m_delivered_at_start = m_delivered;
+  m_verified = 0;
 }
 
 void FrameReader::advance(std::size_t n) noexcept {
@@ -61,11 +72,7 @@ std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::s
       continue;
     }
     if (m_in_trailer) {
-      const std::size_t take = std::min(framing::kTrailerSize - m_trailer_len, in.size() - pos);
-      if (take) std::memcpy(m_trailer.data() + m_trailer_len, in.data() + pos, take);
-      m_trailer_len += take;
-      pos += take;
-      if (m_trailer_len < framing::kTrailerSize) return pos;
+      if (!gather(m_trailer, m_trailer_len, in, pos)) return pos;
       m_trailer_len = 0;
       m_in_trailer = false;
       std::uint32_t sent = 0;
@@ -74,16 +81,13 @@ std::size_t FrameReader::feed(std::span<const std::byte> in, Errc& error, std::s
         damaged(error, why, "its checksum does not match");
         return pos;
       }
+      ++m_verified;
       if (!apply(m_pending, error, why)) return pos;
       continue;
     }
     const std::byte* header = nullptr;
     if (m_carry_len > 0 || in.size() - pos < framing::kHeaderSize) {
-      const std::size_t take = std::min(framing::kHeaderSize - m_carry_len, in.size() - pos);
-      if (take) std::memcpy(m_carry.data() + m_carry_len, in.data() + pos, take);
-      m_carry_len += take;
-      pos += take;
-      if (m_carry_len < framing::kHeaderSize) return pos;
+      if (!gather(m_carry, m_carry_len, in, pos)) return pos;
       m_carry_len = 0;
       header = m_carry.data();
     } else {
@@ -121,12 +125,13 @@ void FrameReader::damaged(Errc& error, std::string& why, const std::string& what
   // With checksums, bytes that do not make a valid frame before its checksum could vouch for
   // it were damaged on the way (a lost or altered byte shifts or spoils what follows): the
   // connection is lost, the session resumes and resends what was not acknowledged. A peer
-  // whose every connection is damaged before it delivers anything is refused instead.
-  const unsigned in_a_row = m_session->damaged_connection(m_delivered > m_delivered_at_start);
+  // whose every connection is damaged before a single frame checks out is refused instead
+  // (a lossy link still carries verified frames, acks at least, between its faults).
+  const unsigned in_a_row = m_session->damaged_connection(m_verified > 0);
   if (in_a_row > kMaxDamagedInARow) {
     error = Errc::protocol_error;
     why = "a frame damaged on the way (" + what + "), on " + std::to_string(in_a_row) +
-          " connections in a row without a message: the session ends";
+          " connections in a row without one good frame: the session ends";
     return;
   }
   error = Errc::peer_lost;

@@ -72,7 +72,7 @@ class FrameReader {
   bool apply(const framing::FrameHeader& h, Errc& error, std::string& why);
   /// Checksums on: bad bytes before a frame's checksum vouched for it are damage in transit
   /// (peer_lost, resumable), not the peer's protocol error; after kMaxDamagedInARow damaged
-  /// connections without a message delivered, protocol_error (the session ends).
+  /// connections in a row without one verified frame, protocol_error (the session ends).
   void damaged(Errc& error, std::string& why, const std::string& what);
 
   CommunicatorImpl& m_owner;
@@ -87,7 +87,7 @@ class FrameReader {
   std::uint32_t m_crc = 0;                                  // of m_pending's header and payload
   std::array<std::byte, framing::kTrailerSize> m_trailer{};
   std::size_t m_trailer_len = 0;
-  std::uint64_t m_delivered_at_start = 0;  // m_delivered when this connection started
+  std::uint64_t m_verified = 0;  // frames whose checksum matched on this connection
   bool m_paused = false;
   bool m_defer_close = false;
   bool m_close_pending = false;

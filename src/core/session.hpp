@@ -90,9 +90,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void ack_due();
   /// The current connection's frames carry checksums (shown in stats()).
   void set_checksums(bool on);
-  /// A connection of this session failed on damaged bytes (checksums on); `progressed`: it
-  /// delivered messages first. Returns how many damaged connections came in a row without
-  /// progress: a peer that only ever sends damage is not resumed forever.
+  /// A connection of this session failed on damaged bytes (checksums on); `progressed`: some
+  /// of its frames checked out first. Returns how many damaged connections came in a row
+  /// without progress: a peer that only ever sends damage is not resumed forever.
   unsigned damaged_connection(bool progressed);
   [[nodiscard]] Errc on_ack(std::uint64_t delivered_id, std::uint64_t received, std::string& why);
   /// The peer sent a close frame with this reason.

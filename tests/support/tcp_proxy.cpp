@@ -59,6 +59,7 @@ struct DirectionFaults {
   std::size_t max_chunk = 0;
   double drop = 0.0;
   double corrupt = 0.0;
+  std::uint64_t spare_first = 0;  // bytes at the start of each connection never dropped or altered
 };
 
 struct CutRequest {
@@ -69,10 +70,11 @@ struct CutRequest {
 };
 
 // A pump's view of the armed cut: the generation it last saw and the bytes it may still
-// forward under it (nullopt: no cut applies to this pump).
+// forward under it (nullopt: no cut applies to this pump); and the bytes it has planned so far.
 struct PumpCut {
   std::uint64_t generation = 0;
   std::optional<std::uint64_t> remaining;
+  std::uint64_t planned = 0;
 };
 
 // What to do with the next piece of a chunk.
@@ -471,8 +473,12 @@ Plan TcpProxy::Impl::plan_piece(Direction d, std::size_t available, PumpCut& pum
     return plan;
   }
   const auto chance = [this] { return static_cast<double>(m_rng() >> 11) * 0x1.0p-53; };
-  if (faults.drop > 0.0 && chance() < faults.drop) {
+  // The connection's first spare_first bytes pass untouched (a piece ends where they end).
+  const bool spared = pump_cut.planned < faults.spare_first;
+  if (spared) plan.length = static_cast<std::size_t>(std::min<std::uint64_t>(plan.length, faults.spare_first - pump_cut.planned));
+  if (!spared && faults.drop > 0.0 && chance() < faults.drop) {
     plan.drop = true;
+    pump_cut.planned += plan.length;
     return plan;
   }
   if (pump_cut.remaining) {
@@ -484,9 +490,10 @@ Plan TcpProxy::Impl::plan_piece(Direction d, std::size_t available, PumpCut& pum
       m_cut.armed = false;
     }
   }
-  if (faults.corrupt > 0.0 && chance() < faults.corrupt)
+  if (!spared && faults.corrupt > 0.0 && chance() < faults.corrupt)
     plan.flip_bit = static_cast<std::size_t>(m_rng() % (plan.length * 8));
   plan.delay = faults.delay;
+  pump_cut.planned += plan.length;
   return plan;
 }
 
@@ -542,6 +549,11 @@ void TcpProxy::set_delay(Direction d, std::chrono::nanoseconds delay) {
 void TcpProxy::set_max_chunk(Direction d, std::size_t max_chunk) {
   const std::lock_guard lock(m_impl->m_mutex);
   m_impl->m_faults[index_of(d)].max_chunk = max_chunk;
+}
+
+void TcpProxy::set_spare_first(Direction d, std::uint64_t bytes) {
+  const std::lock_guard lock(m_impl->m_mutex);
+  m_impl->m_faults[index_of(d)].spare_first = bytes;
 }
 
 void TcpProxy::set_drop_probability(Direction d, double p) {
