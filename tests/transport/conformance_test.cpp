@@ -1113,6 +1113,15 @@ TEST_P(Conformance, ThroughDelaysSplitsDropsAndCorruptionNothingIsLostRepeatedOr
     std::uint64_t messages;
   };
   using testing::Direction;
+  // Damage both ways in pieces of at most 1 KiB; the hello carries no checksum, so each
+  // connection's first 4 KiB (its handshake, over gRPC its HTTP/2 preamble too) pass untouched.
+  const auto damaging = [&](void (testing::TcpProxy::*set_probability)(Direction, double)) {
+    for (const auto d : {Direction::client_to_server, Direction::server_to_client}) {
+      proxy.set_max_chunk(d, 1024);
+      proxy.set_spare_first(d, 4096);
+      (proxy.*set_probability)(d, 0.005);
+    }
+  };
   const Phase phases[] = {
       {"pieces of at most 7 bytes one way and 13 the other", [&] {
          proxy.set_max_chunk(Direction::client_to_server, 7);
@@ -1122,22 +1131,8 @@ TEST_P(Conformance, ThroughDelaysSplitsDropsAndCorruptionNothingIsLostRepeatedOr
          proxy.set_delay(Direction::client_to_server, 200us);
          proxy.set_delay(Direction::server_to_client, 200us);
        }, 400},
-      // The hello carries no checksum: each connection's first 4 KiB (its handshake, over
-      // gRPC its HTTP/2 preamble too) pass untouched.
-      {"pieces of at most 1 KiB, 1 in 200 dropped", [&] {
-         for (const auto d : {Direction::client_to_server, Direction::server_to_client}) {
-           proxy.set_max_chunk(d, 1024);
-           proxy.set_spare_first(d, 4096);
-           proxy.set_drop_probability(d, 0.005);
-         }
-       }, 2000},
-      {"pieces of at most 1 KiB, 1 in 200 with a bit flipped", [&] {
-         for (const auto d : {Direction::client_to_server, Direction::server_to_client}) {
-           proxy.set_max_chunk(d, 1024);
-           proxy.set_spare_first(d, 4096);
-           proxy.set_corrupt_probability(d, 0.005);
-         }
-       }, 2000},
+      {"pieces of at most 1 KiB, 1 in 200 dropped", [&] { damaging(&testing::TcpProxy::set_drop_probability); }, 2000},
+      {"pieces of at most 1 KiB, 1 in 200 with a bit flipped", [&] { damaging(&testing::TcpProxy::set_corrupt_probability); }, 2000},
   };
   std::uint64_t up = 0, down = 0;  // numbers sent so far each way
   for (const Phase& phase : phases) {
