@@ -2,6 +2,8 @@
 // Encoding and validation of the hello and the frame header (see frame.hpp for the layout).
 #include "framing/frame.hpp"
 
+#include "framing/crc32c.hpp"
+
 #include <algorithm>
 #include <cstring>
 
@@ -38,23 +40,62 @@ void encode_hello(const Hello& h, std::span<std::byte, kHelloSize> out) noexcept
   put_le<std::uint64_t>(p + 48, h.max_message);
   put_le<std::uint32_t>(p + 56, h.max_chunk);
   put_le<std::uint32_t>(p + 60, h.status);
+  put_le<std::uint32_t>(p + 64, crc32c(std::span<const std::byte>(p, kHelloSize - 4)));
 }
 
-Errc decode_hello(std::span<const std::byte, kHelloSize> in, Hello& h, std::string& why) {
-  const std::byte* p = in.data();
-  if (std::memcmp(p, kMagic.data(), kMagic.size()) != 0) {
+namespace {
+constexpr std::uint16_t kVersionWithoutChecksum = 1;
+constexpr std::size_t kVersion1Size = 64;
+}  // namespace
+
+Errc hello_size(std::span<const std::byte, kHelloPrefixSize> prefix, std::size_t& size, std::string& why) {
+  const std::byte* p = prefix.data();
+  int wrong = 0;
+  for (std::size_t i = 0; i < kMagic.size(); ++i) wrong += std::to_integer<std::uint8_t>(p[i]) != kMagic[i] ? 1 : 0;
+  if (wrong > 2) {
     why = "not a Ferry peer (bad magic in the handshake)";
     return Errc::protocol_error;
+  }
+  if (wrong > 0) {
+    why = "handshake damaged in transit (magic)";
+    return Errc::peer_lost;
+  }
+  const auto version = get_le<std::uint16_t>(p + 8);
+  size = get_le<std::uint16_t>(p + 10);
+  if (version == kVersionWithoutChecksum && size == kVersion1Size) return Errc{};  // decode_hello refuses it
+  if ((version == kProtocolVersion && size != kHelloSize) || size < kHelloPrefixSize + 4 || size > kMaxHelloSize) {
+    why = "handshake damaged in transit (size " + std::to_string(size) + ")";
+    return Errc::peer_lost;
+  }
+  return Errc{};
+}
+
+Errc decode_hello(std::span<const std::byte> in, Hello& h, std::string& why) {
+  if (in.size() < kHelloPrefixSize) {
+    why = "handshake of " + std::to_string(in.size()) + " bytes, too short";
+    return Errc::protocol_error;
+  }
+  std::size_t size = 0;
+  if (const Errc prefix = hello_size(in.first<kHelloPrefixSize>(), size, why); prefix != Errc{}) return prefix;
+  const std::byte* p = in.data();
+  if (in.size() != size) {
+    why = "handshake of " + std::to_string(in.size()) + " bytes, its size field says " + std::to_string(size);
+    return Errc::peer_lost;
+  }
+  if (get_le<std::uint16_t>(p + 8) == kVersionWithoutChecksum && size == kVersion1Size) {
+    h.version = kVersionWithoutChecksum;
+    why = "peer speaks protocol version 1, this side " + std::to_string(kProtocolVersion);
+    return Errc::version_mismatch;
+  }
+  if (get_le<std::uint32_t>(p + size - 4) != crc32c(in.first(size - 4))) {
+    why = "handshake damaged in transit (checksum mismatch)";
+    return Errc::peer_lost;
   }
   h.version = get_le<std::uint16_t>(p + 8);
   if (h.version != kProtocolVersion) {
     why = "peer speaks protocol version " + std::to_string(h.version) + ", this side " +
           std::to_string(kProtocolVersion);
     return Errc::version_mismatch;
-  }
-  if (get_le<std::uint16_t>(p + 10) != kHelloSize) {
-    why = "handshake of the wrong size";
-    return Errc::protocol_error;
   }
   h.flags = get_le<std::uint32_t>(p + 12);
   std::memcpy(h.id.bytes.data(), p + 16, 16);
@@ -159,6 +200,7 @@ Errc decode_header(std::span<const std::byte, kHeaderSize> in, std::uint32_t max
 
 namespace {
 constexpr std::array<char, 8> kLocalityMagic = {'F', 'E', 'R', 'R', 'Y', 'L', 'O', 'C'};
+constexpr std::size_t kLocalityCrcAt = kLocalitySize - 4;
 }  // namespace
 
 void encode_locality(const Locality& l, std::span<std::byte, kLocalitySize> out) noexcept {
@@ -171,10 +213,15 @@ void encode_locality(const Locality& l, std::span<std::byte, kLocalitySize> out)
   const std::size_t n = std::min(l.shm_path.size(), kMaxLocalityPath);
   put_le<std::uint16_t>(p + 36, static_cast<std::uint16_t>(n));
   std::memcpy(p + 40, l.shm_path.data(), n);
+  put_le<std::uint32_t>(p + kLocalityCrcAt, crc32c(std::span<const std::byte>(p, kLocalityCrcAt)));
 }
 
 Errc decode_locality(std::span<const std::byte, kLocalitySize> in, Locality& out, std::string& why) {
   const std::byte* p = in.data();
+  if (get_le<std::uint32_t>(p + kLocalityCrcAt) != crc32c(in.first<kLocalityCrcAt>())) {
+    why = "locality block damaged in transit (checksum mismatch)";
+    return Errc::peer_lost;
+  }
   if (std::memcmp(p, kLocalityMagic.data(), kLocalityMagic.size()) != 0) {
     why = "bad magic in the locality block";
     return Errc::protocol_error;
@@ -192,7 +239,7 @@ Errc decode_locality(std::span<const std::byte, kLocalitySize> in, Locality& out
     why = "bad path in the locality block";
     return Errc::protocol_error;
   }
-  for (std::size_t i = 40 + n; i < kLocalitySize; ++i) {
+  for (std::size_t i = 40 + n; i < kLocalityCrcAt; ++i) {
     if (p[i] != std::byte{0}) {
       why = "non-zero padding in the locality block";
       return Errc::protocol_error;

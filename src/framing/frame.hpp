@@ -5,14 +5,14 @@
 // Byte order: little-endian. Every field read from a peer is untrusted and validated here or
 // by the Reassembler before use.
 //
-// Hello (exactly kHelloSize bytes, sent by each side once at the start of a connection: the
-// client first, the server replies):
+// Hello (kHelloSize bytes, sent by each side once at the start of a connection: the client
+// first, the server replies):
 //
-//   0        8        10       12       16                 32          40          48          56     60      64
-//   +--------+--------+--------+--------+------------------+-----------+-----------+-----------+------+-------+
-//   | magic  |version | size   | flags  | peer id (UUID)   | next_     | first_    | max_      | max_ |status |
-//   | 8 B    | u16    | u16=64 | u32    | 16 B             | expected  | unacked   | message   | chunk| u32   |
-//   +--------+--------+--------+--------+------------------+-----------+-----------+-----------+------+-------+
+//   0        8        10       12       16                 32          40          48          56     60      64     68
+//   +--------+--------+--------+--------+------------------+-----------+-----------+-----------+------+-------+------+
+//   | magic  |version | size   | flags  | peer id (UUID)   | next_     | first_    | max_      | max_ |status | crc  |
+//   | 8 B    | u16=2  | u16=68 | u32    | 16 B             | expected  | unacked   | message   | chunk| u32   | u32  |
+//   +--------+--------+--------+--------+------------------+-----------+-----------+-----------+------+-------+------+
 //   next_expected: the id of the next message this side expects from the peer (resumption);
 //   first_unacked: the lowest message id this side will (re)send; max_message / max_chunk: the
 //   largest message and chunk this side accepts; status: 0, or the Errc with which the server
@@ -20,16 +20,27 @@
 //   session if you have it; server: resumed), kHelloProbe (auto:// client: only tell me where
 //   you are; the server replies with its hello and a Locality block, then closes, and no
 //   session is made), kHelloChecksums (client: every frame both ways carries a checksum;
-//   server: agreed, echoed).
+//   server: agreed, echoed). crc: the CRC-32C of the `size - 4` bytes before it.
+//
+// Reading a hello (decode_hello; a stream reads the first kHelloPrefixSize bytes, asks
+// hello_size() how many make the whole hello, then reads the rest):
+//   - a magic with more than 2 of its 8 bytes wrong: not a Ferry peer (protocol_error);
+//   - a checksum that does not match, or a magic with 1-2 bytes wrong: the hello was damaged on
+//     the wire (peer_lost: nothing is decided from it, no session is made; a client retries);
+//   - another version, judged only from a hello whose checksum matches (a damaged version field
+//     is damage, not a refusal): version_mismatch. Version 1 (64 bytes, size 64) carried no
+//     checksum and is recognised by its version and size. From version 2 on every hello ends
+//     in the CRC of the bytes before it, whatever its size (at most kMaxHelloSize).
 //
 // Locality (exactly kLocalitySize bytes, after the hello of a probe's reply):
 //
-//   0          8              24            32      36      38    40                      148   160
-//   +----------+--------------+-------------+-------+-------+-----+-----------------------+-----+
-//   | "FERRYLOC"| boot id      | IPC ns inode| uid   | path  | zero| rendezvous socket path| zero|
-//   | 8 B      | 16 B         | u64         | u32   | u16   | u16 | 108 B, NUL-padded     |     |
-//   +----------+--------------+-------------+-------+-------+-----+-----------------------+-----+
+//   0          8              24            32      36      38    40                      148  156   160
+//   +----------+--------------+-------------+-------+-------+-----+-----------------------+----+-----+
+//   | "FERRYLOC"| boot id      | IPC ns inode| uid   | path  | zero| rendezvous socket path|zero| crc |
+//   | 8 B      | 16 B         | u64         | u32   | u16   | u16 | 108 B, NUL-padded     |    | u32 |
+//   +----------+--------------+-------------+-------+-------+-----+-----------------------+----+-----+
 //   path: the length of the server's shm rendezvous socket path; 0 when it offers none.
+//   crc: the CRC-32C of bytes 0-155 (a mismatch: damaged on the wire, peer_lost).
 //
 // Frame header (kHeaderSize bytes), followed by `length` payload bytes:
 //
@@ -63,8 +74,12 @@
 namespace ferry::framing {
 
 inline constexpr std::array<std::uint8_t, 8> kMagic = {'F', 'E', 'R', 'R', 'Y', '\r', '\n', 0x1a};
-inline constexpr std::uint16_t kProtocolVersion = 1;
-inline constexpr std::size_t kHelloSize = 64;
+inline constexpr std::uint16_t kProtocolVersion = 2;
+inline constexpr std::size_t kHelloSize = 68;
+/// What a stream reads first to learn a hello's size (magic, version, size).
+inline constexpr std::size_t kHelloPrefixSize = 12;
+/// The largest hello of any version this side will read to judge it.
+inline constexpr std::size_t kMaxHelloSize = 1024;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::uint32_t kHelloResume = 1u << 0;
 inline constexpr std::uint32_t kHelloProbe = 1u << 1;
@@ -110,11 +125,14 @@ struct FrameHeader {
 };
 
 void encode_hello(const Hello& hello, std::span<std::byte, kHelloSize> out) noexcept;
-/// Decodes and validates a peer's hello. Errc::protocol_error for a bad magic, size, flag or
-/// field (a version different from ours is returned for the caller to refuse with
-/// Errc::version_mismatch; the caller must check it first).
-[[nodiscard]] Errc decode_hello(std::span<const std::byte, kHelloSize> in, Hello& out,
-                                std::string& why);
+/// From a hello's first kHelloPrefixSize bytes, the size of the whole hello (what a stream
+/// reads before decode_hello). Errc{} and `size` set, or the error decode_hello would give:
+/// protocol_error (not a Ferry peer) or peer_lost (damaged).
+[[nodiscard]] Errc hello_size(std::span<const std::byte, kHelloPrefixSize> prefix, std::size_t& size,
+                              std::string& why);
+/// Decodes and validates a peer's whole hello (see "Reading a hello" above for what each error
+/// means). Errc::version_mismatch leaves out.version set for the caller's refusal.
+[[nodiscard]] Errc decode_hello(std::span<const std::byte> in, Hello& out, std::string& why);
 
 void encode_header(const FrameHeader& header, std::span<std::byte, kHeaderSize> out) noexcept;
 /// Decodes a frame header and checks what needs no session state: known type, zero reserved

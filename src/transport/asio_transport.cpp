@@ -44,6 +44,7 @@ std::string AsioTransport::refusal(const framing::Hello& reply) const {
   if (e == Errc::unavailable) return "server at its connection limit or out of resources";
   if (e == Errc::version_mismatch) return "server speaks protocol version " + std::to_string(reply.version);
   if (e == Errc::permission_denied) return "this user is not allowed to connect";
+  if (e == Errc::peer_lost) return "our handshake reached it damaged";
   return make_error_code(e).message();
 }
 
@@ -145,9 +146,12 @@ void AsioTransport::reconnect_later(std::chrono::milliseconds delay) {
     connect([this, delay](std::optional<Failure> f) {
       if (!f || stopping() || !m_owner.wants_reconnect()) return;
       // An id refused as "already live" or a refused connection: the old connection may not be
-      // seen dead yet on the other side; keep trying until the session's resume timeout.
+      // seen dead yet on the other side; keep trying until the session's resume timeout. With
+      // checksums the wire is taken to lose and alter bytes: a reply that is no hello at all
+      // (ours lost on the way, the server's first frames read in its place) is such damage too.
       const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out ||
-                         f->errc == Errc::address_in_use || f->errc == Errc::unavailable;
+                         f->errc == Errc::address_in_use || f->errc == Errc::unavailable ||
+                         (f->errc == Errc::protocol_error && conn().checksums);
       if (!retry) return m_owner.reconnect_failed(make_error_code(f->errc));
       reconnect_later(std::min(delay * 2, std::chrono::milliseconds(500)));
     });

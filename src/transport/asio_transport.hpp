@@ -50,6 +50,28 @@ Errc answer_hello(CommunicatorImpl& owner, const framing::Hello& hello, Errc dec
                   const std::shared_ptr<Link>& link, framing::Hello& reply, std::shared_ptr<Session>& session,
                   std::uint64_t& next_expected, std::string& why);
 
+/// Reads a peer's hello from a byte stream into `buf`: its first framing::kHelloPrefixSize
+/// bytes, then the rest of the size framing::hello_size() reads from them (so a peer of
+/// another version is read whole and answered, not left waiting). `read(buffer, handler)`
+/// reads the whole buffer and calls handler(error_code, size_t); then `done(ec, e, why)`: an
+/// I/O error, or hello_size()'s refusal (e, why), or neither (buf holds the whole hello).
+/// `buf` must outlive the reads (a member of the connection that `read` keeps alive).
+template <class Read, class Done>
+void read_hello_bytes(std::vector<std::byte>& buf, Read read, Done done) {
+  buf.assign(framing::kHelloPrefixSize, std::byte{0});
+  read(boost::asio::buffer(buf), [&buf, read, done](const boost::system::error_code& ec, std::size_t) mutable {
+    if (ec) return done(ec, Errc{}, std::string());
+    std::size_t size = 0;
+    std::string why;
+    const Errc e = framing::hello_size(std::span<const std::byte, framing::kHelloPrefixSize>(buf.data(), framing::kHelloPrefixSize),
+                                       size, why);
+    if (e != Errc{}) return done(ec, e, why);
+    buf.resize(size);
+    read(boost::asio::buffer(buf.data() + framing::kHelloPrefixSize, size - framing::kHelloPrefixSize),
+         [done](const boost::system::error_code& ec2, std::size_t) mutable { done(ec2, Errc{}, std::string()); });
+  });
+}
+
 /// A link that the transport's stop() can abort.
 class AsioLink : public Link {
  public:

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include "framing/frame.hpp"
 #include "transport/grpc/grpc_transport.hpp"
 
 namespace ferry {
@@ -113,20 +114,13 @@ TEST(GrpcTransport, AnotherMethodIsUnimplemented) {
 
 TEST(GrpcTransport, AFirstMessageThatIsNoHelloOrTooLargeEndsTheCall) {
   auto server = open(Purpose::server, grpc_server());
-  {
+  for (const std::size_t size : {std::size_t{4}, std::size_t{100}, framing::kHelloSize}) {
     RawGrpcCall call(server, detail::grpc_link::kMethod);
-    (void)call.write(std::string(100, 'x'));  // not 64 bytes: not a hello
-    EXPECT_FALSE(call.read().has_value());
-    EXPECT_NE(call.finish().error_code(), grpc::StatusCode::OK);
-  }
-  {
-    RawGrpcCall call(server, detail::grpc_link::kMethod);
-    std::string junk(64, 'x');  // the size of a hello, not one
-    (void)call.write(junk);
+    (void)call.write(std::string(size, 'x'));  // no hello, of a hello's size or not
     // A refusing hello says why (its status), then the call ends.
     const auto reply = call.read();
     ASSERT_TRUE(reply.has_value());
-    ASSERT_EQ(reply->size(), 64u);
+    ASSERT_EQ(reply->size(), framing::kHelloSize);
     EXPECT_EQ(static_cast<std::uint8_t>((*reply)[60]), static_cast<std::uint8_t>(Errc::protocol_error));
     EXPECT_FALSE(call.read().has_value());
   }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "ferry/shm/ring.hpp"
+#include "framing/frame.hpp"
 #include "support/errors.hpp"
 #include "support/spawn.hpp"
 #include "transport/shm/shm_transport.hpp"
@@ -553,18 +554,14 @@ class RawShmClient {
     a.sun_family = AF_UNIX;
     std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
     if (::connect(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect");
-    std::array<std::byte, 64> h{};
-    std::memcpy(h.data(), "FERRY\r\n\x1a", 8);
-    h[8] = std::byte{1};
-    h[10] = std::byte{64};
-    const PeerId id = PeerId::random();
-    std::memcpy(h.data() + 16, id.bytes.data(), 16);
-    h[32] = std::byte{1};
-    h[40] = std::byte{1};
-    h[48 + 3] = std::byte{1};     // max_message 16 MiB
-    h[56 + 2] = std::byte{0x10};  // max_chunk 1 MiB
-    if (::send(m_fd, h.data(), h.size(), MSG_NOSIGNAL) != 64) throw std::runtime_error("send");
-    std::array<std::byte, 64> reply{};
+    framing::Hello hello;
+    hello.id = PeerId::random();
+    hello.max_message = 16 << 20;
+    hello.max_chunk = 1 << 20;
+    std::array<std::byte, framing::kHelloSize> h{};
+    framing::encode_hello(hello, h);
+    if (::send(m_fd, h.data(), h.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(h.size())) throw std::runtime_error("send");
+    std::array<std::byte, framing::kHelloSize> reply{};
     iovec iov{reply.data(), reply.size()};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kFds)];
     msghdr msg{};
@@ -572,7 +569,7 @@ class RawShmClient {
     msg.msg_iovlen = 1;
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
-    if (::recvmsg(m_fd, &msg, MSG_CMSG_CLOEXEC) != 64) throw std::runtime_error("recvmsg");
+    if (::recvmsg(m_fd, &msg, MSG_CMSG_CLOEXEC) != static_cast<ssize_t>(reply.size())) throw std::runtime_error("recvmsg");
     const cmsghdr* c = CMSG_FIRSTHDR(&msg);
     if (c == nullptr || c->cmsg_len != CMSG_LEN(sizeof(int) * kFds)) throw std::runtime_error("no descriptors");
     std::memcpy(m_fds, CMSG_DATA(c), sizeof m_fds);

@@ -438,15 +438,15 @@ void Connection::start(Done done) {
 
 void Connection::on_hello() {
   grpc::Slice one;
-  if (!m_in.DumpToSingleSlice(&one).ok() || one.size() != framing::kHelloSize) {
+  if (!m_in.DumpToSingleSlice(&one).ok()) {
     return handshake_failed({Errc::protocol_error, "handshake with " + m_remote + ": a first message of " +
                                                        std::to_string(m_in.Length()) + " bytes is not a Ferry hello"});
   }
   m_in.Clear();
   framing::Hello hello;
   std::string why;
-  const auto* bytes = reinterpret_cast<const std::byte*>(one.begin());
-  const Errc decoded = framing::decode_hello(std::span<const std::byte, framing::kHelloSize>(bytes, framing::kHelloSize), hello, why);
+  const Errc decoded =
+      framing::decode_hello(std::span<const std::byte>(reinterpret_cast<const std::byte*>(one.begin()), one.size()), hello, why);
   std::uint64_t next_expected = 1;
   if (m_role == Role::server) {
     framing::Hello reply;

@@ -491,13 +491,9 @@ void Connection::on_publish(const mqtt::const_message_ptr& m) {
 
 void Connection::on_hello(std::span<const std::byte> bytes) {
   m_hello_done = true;
-  if (bytes.size() != framing::kHelloSize) {
-    return handshake_failed({Errc::protocol_error, "handshake with " + m_remote + ": a first publish of " +
-                                                       std::to_string(bytes.size()) + " bytes is not a Ferry hello"});
-  }
   framing::Hello hello;
   std::string why;
-  const Errc decoded = framing::decode_hello(std::span<const std::byte, framing::kHelloSize>(bytes.data(), framing::kHelloSize), hello, why);
+  const Errc decoded = framing::decode_hello(bytes, hello, why);
   std::uint64_t next_expected = 1;
   if (m_role == Role::server) {
     framing::Hello reply;

@@ -343,7 +343,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   ferry::shm::layout::Identity m_peer_identity = 0;
   unsigned m_exit_checks = 0;  // EOF from a server still alive: re-checks before resuming
   std::array<std::byte, framing::kHelloSize> m_hello_out{};
-  std::array<std::byte, framing::kHelloSize> m_hello_in{};
+  std::vector<std::byte> m_hello_in = std::vector<std::byte>(framing::kHelloSize);
   std::size_t m_hello_got = 0;
   std::vector<Fd> m_received_fds;
 
@@ -481,11 +481,15 @@ void Connection::server_start() {
   m_remote = "pid " + std::to_string(cred.pid) + " uid " + std::to_string(cred.uid);
   std::string why;
   if (!m_transport.allowed(cred, why)) return refuse(Errc::permission_denied, why);
-  asio::async_read(m_socket, asio::buffer(m_hello_in), [self = shared_from_this()](const error_code& ec, std::size_t) {
-    if (self->m_failed) return;
-    if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
-    self->on_client_hello();
-  });
+  auto self = shared_from_this();
+  read_hello_bytes(
+      m_hello_in, [self](auto buffer, auto handler) { asio::async_read(self->m_socket, buffer, std::move(handler)); },
+      [self](const error_code& ec, Errc e, const std::string& bad) {
+        if (self->m_failed) return;
+        if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+        if (e != Errc{}) return self->handshake_failed({e, "handshake with " + self->m_remote + ": " + bad});
+        self->on_client_hello();
+      });
 }
 
 void Connection::refuse(Errc e, const std::string& why) {

@@ -150,6 +150,10 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   void tls_handshake();
   void send_hello();
   void read_hello();
+  /// The peer's hello is in m_hello_in: decode it, then on_hello() or refuse.
+  void hello_read();
+  /// A hello that did not decode (e): a server answers a version mismatch, then closes.
+  void bad_hello(Errc e, const std::string& why);
   void on_hello(const framing::Hello& hello);
   void handshake_failed(Failure f);
   void run();
@@ -194,7 +198,7 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
 
   // Handshake.
   std::array<std::byte, framing::kHelloSize> m_hello_out{};
-  std::array<std::byte, framing::kHelloSize> m_hello_in{};
+  std::vector<std::byte> m_hello_in;  // the prefix, then the whole hello (hello_size says how long)
   std::array<std::byte, framing::kLocalitySize> m_locality_out{};
 
   // Reader.
@@ -322,30 +326,41 @@ void Connection::send_hello() {
 }
 
 void Connection::read_hello() {
-  m_stream.async_read_exactly(asio::buffer(m_hello_in), [self = shared_from_this()](const error_code& ec, std::size_t) {
-    if (self->m_failed) return;
-    if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
-    framing::Hello hello;
-    std::string why;
-    const Errc e = framing::decode_hello(self->m_hello_in, hello, why);
-    if (e != Errc{}) {
-      if (self->m_role == Role::server && e == Errc::version_mismatch) {
-        // Tell the client why before closing: a hello in our version with the status.
-        framing::Hello reply;
-        reply.id = self->m_owner.options().id;
-        reply.max_chunk = self->m_owner.max_chunk();
-        reply.max_message = self->m_owner.options().connection.message_size;
-        reply.status = static_cast<std::uint32_t>(Errc::version_mismatch);
-        framing::encode_hello(reply, self->m_hello_out);
-        self->m_stream.async_write_all(asio::buffer(self->m_hello_out), [self, why](const error_code&, std::size_t) {
-          self->handshake_failed({Errc::version_mismatch, why});
-        });
-        return;
-      }
-      return self->handshake_failed({e, "handshake with " + self->m_remote + ": " + why});
-    }
-    self->on_hello(hello);
-  });
+  auto self = shared_from_this();
+  read_hello_bytes(
+      m_hello_in, [self](auto buffer, auto handler) { self->m_stream.async_read_exactly(buffer, std::move(handler)); },
+      [self](const error_code& ec, Errc e, const std::string& why) {
+        if (self->m_failed) return;
+        if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+        if (e != Errc{}) return self->bad_hello(e, why);
+        self->hello_read();
+      });
+}
+
+void Connection::hello_read() {
+  framing::Hello hello;
+  std::string why;
+  const Errc e = framing::decode_hello(m_hello_in, hello, why);
+  if (e != Errc{}) return bad_hello(e, why);
+  on_hello(hello);
+}
+
+void Connection::bad_hello(Errc e, const std::string& why) {
+  if (m_role == Role::server && e == Errc::version_mismatch) {
+    // Tell the client why before closing: a hello in our version with the status.
+    framing::Hello reply;
+    reply.id = m_owner.options().id;
+    reply.max_chunk = m_owner.max_chunk();
+    reply.max_message = m_owner.options().connection.message_size;
+    reply.status = static_cast<std::uint32_t>(Errc::version_mismatch);
+    framing::encode_hello(reply, m_hello_out);
+    m_stream.async_write_all(asio::buffer(m_hello_out), [self = shared_from_this(), why](const error_code&, std::size_t) {
+      self->handshake_failed({Errc::version_mismatch, why});
+    });
+    return;
+  }
+  // A damaged hello (peer_lost) decides nothing: no session; a client connects again.
+  handshake_failed({e, "handshake with " + m_remote + ": " + why});
 }
 
 void Connection::on_hello(const framing::Hello& hello) {
@@ -853,7 +868,7 @@ std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endp
     return std::nullopt;
   }
   framing::Hello reply;
-  Errc e = framing::decode_hello(std::span<const std::byte, framing::kHelloSize>(in.data(), framing::kHelloSize), reply, why);
+  Errc e = framing::decode_hello(std::span<const std::byte>(in.data(), framing::kHelloSize), reply, why);
   if (e != Errc{}) return std::nullopt;
   if ((reply.flags & framing::kHelloProbe) == 0 || reply.status != 0) {
     why = "the server did not answer the locality probe";

@@ -43,31 +43,62 @@ TEST(Hello, RoundTripsEveryField) {
   EXPECT_EQ(out.max_message, in.max_message);
   EXPECT_EQ(out.max_chunk, in.max_chunk);
   EXPECT_EQ(out.status, 0u);
-  // The layout drawn in frame.hpp: magic, then version 1 little-endian at offset 8.
+  // The layout drawn in frame.hpp: magic, version 2 and size 68 little-endian at offsets 8 and
+  // 10, the CRC-32C of the first 64 bytes at 64.
   EXPECT_EQ(std::memcmp(bytes.data(), "FERRY\r\n\x1a", 8), 0);
-  EXPECT_EQ(bytes[8], std::byte{1});
+  EXPECT_EQ(bytes[8], std::byte{2});
   EXPECT_EQ(bytes[9], std::byte{0});
-  EXPECT_EQ(bytes[10], std::byte{64});
+  EXPECT_EQ(bytes[10], std::byte{68});
+  const std::uint32_t crc = crc32c(std::span<const std::byte>(bytes.data(), 64));
+  EXPECT_EQ(std::memcmp(bytes.data() + 64, &crc, 4), 0);
 }
 
-TEST(Hello, RejectsGarbageWrongVersionAndBadFields) {
+// The checksum of the bytes before the last four, written into them (a hello edited on purpose).
+template <class Bytes>
+void reseal(Bytes& bytes) {
+  const std::uint32_t crc = crc32c(std::span<const std::byte>(bytes.data(), bytes.size() - 4));
+  std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);  // little-endian host (x86-64)
+}
+
+TEST(Hello, RejectsGarbageOtherVersionsAndBadFields) {
   HelloBytes bytes{};
   encode_hello(sample_hello(), bytes);
   Hello out;
   std::string why;
 
-  HelloBytes garbage = bytes;
-  garbage[0] = std::byte{'G'};
+  HelloBytes garbage{};
+  std::memcpy(garbage.data(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 28);
   EXPECT_EQ(decode_hello(garbage, out, why), Errc::protocol_error);
   EXPECT_NE(why.find("magic"), std::string::npos);
+  EXPECT_EQ(decode_hello(std::span<const std::byte>(bytes.data(), 10), out, why), Errc::protocol_error);
 
-  HelloBytes v2 = bytes;
-  v2[8] = std::byte{2};
-  EXPECT_EQ(decode_hello(v2, out, why), Errc::version_mismatch);
-  EXPECT_NE(why.find("version 2"), std::string::npos);
+  // Another version is refused only from a hello that checks out, whatever its size.
+  HelloBytes v7 = bytes;
+  v7[8] = std::byte{7};
+  reseal(v7);
+  EXPECT_EQ(decode_hello(v7, out, why), Errc::version_mismatch);
+  EXPECT_NE(why.find("version 7"), std::string::npos);
+  EXPECT_EQ(out.version, 7);
+  std::vector<std::byte> bigger(200);
+  std::memcpy(bigger.data(), bytes.data(), 10);
+  bigger[8] = std::byte{3};
+  bigger[10] = std::byte{200};
+  reseal(bigger);
+  std::size_t size = 0;
+  EXPECT_EQ(hello_size(std::span<const std::byte, kHelloPrefixSize>(bigger.data(), kHelloPrefixSize), size, why), Errc{});
+  EXPECT_EQ(size, 200u);
+  EXPECT_EQ(decode_hello(bigger, out, why), Errc::version_mismatch);
+  // Version 1 had no checksum: 64 bytes, recognised from the prefix.
+  std::array<std::byte, 64> v1{};
+  std::memcpy(v1.data(), bytes.data(), 64);
+  v1[8] = std::byte{1};
+  v1[10] = std::byte{64};
+  EXPECT_EQ(decode_hello(v1, out, why), Errc::version_mismatch);
+  EXPECT_NE(why.find("version 1"), std::string::npos);
 
   HelloBytes flags = bytes;
   flags[13] = std::byte{1};
+  reseal(flags);
   EXPECT_EQ(decode_hello(flags, out, why), Errc::protocol_error);
 
   Hello nil = sample_hello();
@@ -93,6 +124,60 @@ TEST(Hello, RejectsGarbageWrongVersionAndBadFields) {
   HelloBytes status_bytes{};
   encode_hello(status, status_bytes);
   EXPECT_EQ(decode_hello(status_bytes, out, why), Errc::protocol_error);
+}
+
+// Damage on the wire is never taken for a refusal: whichever bit flips (in the magic, the
+// version, the size, a field or the checksum), or with two magic bytes wrong, or cut short,
+// the hello is "damaged" (peer_lost: the client connects again), not protocol_error or
+// version_mismatch (final).
+TEST(Hello, AnyDamageIsDamageNotARefusal) {
+  HelloBytes bytes{};
+  encode_hello(sample_hello(), bytes);
+  Hello out;
+  std::string why;
+  for (std::size_t i = 0; i < kHelloSize; ++i) {
+    for (int bit = 0; bit < 8; ++bit) {
+      HelloBytes damaged = bytes;
+      damaged[i] ^= static_cast<std::byte>(1 << bit);
+      EXPECT_EQ(decode_hello(damaged, out, why), Errc::peer_lost) << "byte " << i << " bit " << bit;
+      std::size_t size = 0;
+      const Errc prefix = hello_size(std::span<const std::byte, kHelloPrefixSize>(damaged.data(), kHelloPrefixSize), size, why);
+      EXPECT_TRUE(prefix == Errc{} || prefix == Errc::peer_lost) << "byte " << i << " bit " << bit;
+    }
+  }
+  HelloBytes two = bytes;
+  two[1] = std::byte{0};
+  two[6] = std::byte{0};
+  EXPECT_EQ(decode_hello(two, out, why), Errc::peer_lost);
+  two[3] = std::byte{0};
+  EXPECT_EQ(decode_hello(two, out, why), Errc::protocol_error);
+  EXPECT_EQ(decode_hello(std::span<const std::byte>(bytes.data(), kHelloSize - 1), out, why), Errc::peer_lost);
+}
+
+TEST(Locality, RoundTripsAndAnyDamagedBitIsDamage) {
+  Locality l;
+  l.boot_id.fill(0x5a);
+  l.ipc_namespace = 4026531839;
+  l.uid = 1000;
+  l.shm_path = "/tmp/ferry-1000/auto.sock";
+  std::array<std::byte, kLocalitySize> bytes{};
+  encode_locality(l, bytes);
+  Locality out;
+  std::string why;
+  ASSERT_EQ(decode_locality(bytes, out, why), Errc{}) << why;
+  EXPECT_EQ(out.boot_id, l.boot_id);
+  EXPECT_EQ(out.ipc_namespace, l.ipc_namespace);
+  EXPECT_EQ(out.uid, l.uid);
+  EXPECT_EQ(out.shm_path, l.shm_path);
+  for (std::size_t i = 0; i < kLocalitySize; ++i) {
+    auto damaged = bytes;
+    damaged[i] ^= std::byte{0x10};
+    EXPECT_EQ(decode_locality(damaged, out, why), Errc::peer_lost) << "byte " << i;
+  }
+  auto nul = bytes;
+  nul[45] = std::byte{0};  // a NUL inside the path, sealed: refused by the field checks
+  reseal(nul);
+  EXPECT_EQ(decode_locality(nul, out, why), Errc::protocol_error);
 }
 
 Errc decode(const FrameHeader& h, std::uint32_t max_chunk = 1 << 20) {
