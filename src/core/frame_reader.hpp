@@ -64,17 +64,19 @@ class FrameReader {
   void wake_pending();
   /// Messages delivered to the receive queue so far.
   [[nodiscard]] std::uint64_t delivered() const noexcept { return m_delivered; }
+  /// Checksums were agreed for this connection (start()).
+  [[nodiscard]] bool checksums() const noexcept { return m_checksums; }
+  /// Checksums on: bad bytes before a frame's checksum vouched for it are damage in transit
+  /// (peer_lost, resumable), not the peer's protocol error; after kMaxDamagedInARow damaged
+  /// connections in a row without one verified frame, protocol_error (the session ends).
+  /// Also for what a transport wraps the frames in (an MQTT publish header) once started.
+  void damaged(Errc& error, std::string& why, const std::string& what);
 
  private:
   void wake_getters();
   /// A whole (and, with checksums, verified) frame takes effect. False: stop feeding (error
   /// set, or a deferred close).
   bool apply(const framing::FrameHeader& h, Errc& error, std::string& why);
-  /// Checksums on: bad bytes before a frame's checksum vouched for it are damage in transit
-  /// (peer_lost, resumable), not the peer's protocol error; after kMaxDamagedInARow damaged
-  /// connections in a row without one verified frame, protocol_error (the session ends).
-  void damaged(Errc& error, std::string& why, const std::string& what);
-
   CommunicatorImpl& m_owner;
   std::shared_ptr<Session> m_session;
   framing::Reassembler m_reassembler;

@@ -48,6 +48,41 @@ constexpr std::uint16_t kVersionWithoutChecksum = 1;
 constexpr std::size_t kVersion1Size = 64;
 }  // namespace
 
+namespace {
+// The fields at bytes 12-63 (the same in versions 1 and 2), checked.
+Errc decode_fields(const std::byte* p, Hello& h, std::string& why) {
+  h.flags = get_le<std::uint32_t>(p + 12);
+  std::memcpy(h.id.bytes.data(), p + 16, 16);
+  h.next_expected = get_le<std::uint64_t>(p + 32);
+  h.first_unacked = get_le<std::uint64_t>(p + 40);
+  h.max_message = get_le<std::uint64_t>(p + 48);
+  h.max_chunk = get_le<std::uint32_t>(p + 56);
+  h.status = get_le<std::uint32_t>(p + 60);
+  if ((h.flags & ~(kHelloResume | kHelloProbe | kHelloChecksums)) != 0) {
+    why = "unknown handshake flags";
+    return Errc::protocol_error;
+  }
+  if (h.id.is_nil()) {
+    why = "nil peer id in the handshake";
+    return Errc::protocol_error;
+  }
+  if (h.next_expected == 0 || h.first_unacked == 0 || h.next_expected > (std::uint64_t{1} << 62) ||
+      h.first_unacked > (std::uint64_t{1} << 62)) {
+    why = "message ids out of range in the handshake";
+    return Errc::protocol_error;
+  }
+  if (h.max_chunk == 0 || h.max_chunk > kMaxChunk) {
+    why = "chunk size out of range in the handshake";
+    return Errc::protocol_error;
+  }
+  if (h.status > static_cast<std::uint32_t>(Errc::internal)) {
+    why = "unknown status in the handshake";
+    return Errc::protocol_error;
+  }
+  return Errc{};
+}
+}  // namespace
+
 Errc hello_size(std::span<const std::byte, kHelloPrefixSize> prefix, std::size_t& size, std::string& why) {
   const std::byte* p = prefix.data();
   int wrong = 0;
@@ -83,6 +118,14 @@ Errc decode_hello(std::span<const std::byte> in, Hello& h, std::string& why) {
     return Errc::peer_lost;
   }
   if (get_le<std::uint16_t>(p + 8) == kVersionWithoutChecksum && size == kVersion1Size) {
+    // Version 1 has no checksum to vouch for it: believed only when its fields (laid out as
+    // ours) hold up, else it is taken for damage (bytes lost from a hello of ours can line up
+    // as version 1's version and size).
+    Hello v1;
+    if (decode_fields(p, v1, why) != Errc{}) {
+      why = "handshake damaged in transit (a version 1 hello with " + why + ")";
+      return Errc::peer_lost;
+    }
     h.version = kVersionWithoutChecksum;
     why = "peer speaks protocol version 1, this side " + std::to_string(kProtocolVersion);
     return Errc::version_mismatch;
@@ -97,35 +140,7 @@ Errc decode_hello(std::span<const std::byte> in, Hello& h, std::string& why) {
           std::to_string(kProtocolVersion);
     return Errc::version_mismatch;
   }
-  h.flags = get_le<std::uint32_t>(p + 12);
-  std::memcpy(h.id.bytes.data(), p + 16, 16);
-  h.next_expected = get_le<std::uint64_t>(p + 32);
-  h.first_unacked = get_le<std::uint64_t>(p + 40);
-  h.max_message = get_le<std::uint64_t>(p + 48);
-  h.max_chunk = get_le<std::uint32_t>(p + 56);
-  h.status = get_le<std::uint32_t>(p + 60);
-  if ((h.flags & ~(kHelloResume | kHelloProbe | kHelloChecksums)) != 0) {
-    why = "unknown handshake flags";
-    return Errc::protocol_error;
-  }
-  if (h.id.is_nil()) {
-    why = "nil peer id in the handshake";
-    return Errc::protocol_error;
-  }
-  if (h.next_expected == 0 || h.first_unacked == 0 || h.next_expected > (std::uint64_t{1} << 62) ||
-      h.first_unacked > (std::uint64_t{1} << 62)) {
-    why = "message ids out of range in the handshake";
-    return Errc::protocol_error;
-  }
-  if (h.max_chunk == 0 || h.max_chunk > kMaxChunk) {
-    why = "chunk size out of range in the handshake";
-    return Errc::protocol_error;
-  }
-  if (h.status > static_cast<std::uint32_t>(Errc::internal)) {
-    why = "unknown status in the handshake";
-    return Errc::protocol_error;
-  }
-  return Errc{};
+  return decode_fields(p, h, why);
 }
 
 void encode_header(const FrameHeader& f, std::span<std::byte, kHeaderSize> out) noexcept {

@@ -48,6 +48,15 @@ std::string AsioTransport::refusal(const framing::Hello& reply) const {
   return make_error_code(e).message();
 }
 
+Errc reply_error(const CommunicatorImpl& owner, Errc decoded, const framing::Hello& reply, std::string& why) {
+  if (!owner.options().connection.checksums) return decoded;
+  if (decoded == Errc::protocol_error || (decoded == Errc::version_mismatch && reply.version == 1)) {
+    why += " (taken for damage on the way: checksums are on)";
+    return Errc::peer_lost;
+  }
+  return decoded;
+}
+
 std::optional<Failure> AsioTransport::attach_reply(const framing::Hello& reply, const std::shared_ptr<Link>& link,
                                                    const std::string& remote, std::shared_ptr<Session>& session,
                                                    std::uint64_t& next_expected) {
@@ -130,8 +139,11 @@ void AsioTransport::connect_first() {
     std::optional<Failure> f = future.get();  // bounded: connect and handshake have timers
     if (!f) return;
     // Refused or reset while the server starts: retry until the deadline; anything the server
-    // said on purpose is final.
-    const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out;
+    // said on purpose is final. With checksums (a wire that loses and alters bytes) an id
+    // "already live" is retried too: the server may have accepted an attempt whose reply was
+    // damaged, and sees that connection end in a moment.
+    const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out ||
+                       (f->errc == Errc::address_in_use && conn().checksums);
     if (!retry || !m_retry_connect || Clock::now() + delay >= deadline) throw Error(f->errc, f->what);
     std::this_thread::sleep_for(delay);
     delay = std::min(delay * 2, std::chrono::milliseconds(500));
@@ -146,12 +158,9 @@ void AsioTransport::reconnect_later(std::chrono::milliseconds delay) {
     connect([this, delay](std::optional<Failure> f) {
       if (!f || stopping() || !m_owner.wants_reconnect()) return;
       // An id refused as "already live" or a refused connection: the old connection may not be
-      // seen dead yet on the other side; keep trying until the session's resume timeout. With
-      // checksums the wire is taken to lose and alter bytes: a reply that is no hello at all
-      // (ours lost on the way, the server's first frames read in its place) is such damage too.
+      // seen dead yet on the other side; keep trying until the session's resume timeout.
       const bool retry = f->errc == Errc::not_found || f->errc == Errc::peer_lost || f->errc == Errc::timed_out ||
-                         f->errc == Errc::address_in_use || f->errc == Errc::unavailable ||
-                         (f->errc == Errc::protocol_error && conn().checksums);
+                         f->errc == Errc::address_in_use || f->errc == Errc::unavailable;
       if (!retry) return m_owner.reconnect_failed(make_error_code(f->errc));
       reconnect_later(std::min(delay * 2, std::chrono::milliseconds(500)));
     });

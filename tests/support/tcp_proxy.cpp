@@ -59,7 +59,6 @@ struct DirectionFaults {
   std::size_t max_chunk = 0;
   double drop = 0.0;
   double corrupt = 0.0;
-  std::uint64_t spare_first = 0;  // bytes at the start of each connection never dropped or altered
 };
 
 struct CutRequest {
@@ -70,11 +69,10 @@ struct CutRequest {
 };
 
 // A pump's view of the armed cut: the generation it last saw and the bytes it may still
-// forward under it (nullopt: no cut applies to this pump); and the bytes it has planned so far.
+// forward under it (nullopt: no cut applies to this pump).
 struct PumpCut {
   std::uint64_t generation = 0;
   std::optional<std::uint64_t> remaining;
-  std::uint64_t planned = 0;
 };
 
 // What to do with the next piece of a chunk.
@@ -473,12 +471,8 @@ Plan TcpProxy::Impl::plan_piece(Direction d, std::size_t available, PumpCut& pum
     return plan;
   }
   const auto chance = [this] { return static_cast<double>(m_rng() >> 11) * 0x1.0p-53; };
-  // The connection's first spare_first bytes pass untouched (a piece ends where they end).
-  const bool spared = pump_cut.planned < faults.spare_first;
-  if (spared) plan.length = static_cast<std::size_t>(std::min<std::uint64_t>(plan.length, faults.spare_first - pump_cut.planned));
-  if (!spared && faults.drop > 0.0 && chance() < faults.drop) {
+  if (faults.drop > 0.0 && chance() < faults.drop) {
     plan.drop = true;
-    pump_cut.planned += plan.length;
     return plan;
   }
   if (pump_cut.remaining) {
@@ -490,10 +484,9 @@ Plan TcpProxy::Impl::plan_piece(Direction d, std::size_t available, PumpCut& pum
       m_cut.armed = false;
     }
   }
-  if (!spared && faults.corrupt > 0.0 && chance() < faults.corrupt)
+  if (faults.corrupt > 0.0 && chance() < faults.corrupt)
     plan.flip_bit = static_cast<std::size_t>(m_rng() % (plan.length * 8));
   plan.delay = faults.delay;
-  pump_cut.planned += plan.length;
   return plan;
 }
 
@@ -549,11 +542,6 @@ void TcpProxy::set_delay(Direction d, std::chrono::nanoseconds delay) {
 void TcpProxy::set_max_chunk(Direction d, std::size_t max_chunk) {
   const std::lock_guard lock(m_impl->m_mutex);
   m_impl->m_faults[index_of(d)].max_chunk = max_chunk;
-}
-
-void TcpProxy::set_spare_first(Direction d, std::uint64_t bytes) {
-  const std::lock_guard lock(m_impl->m_mutex);
-  m_impl->m_faults[index_of(d)].spare_first = bytes;
 }
 
 void TcpProxy::set_drop_probability(Direction d, double p) {

@@ -71,9 +71,6 @@ class TcpProxy {
   /// Splits forwarded data in `d` into separate writes of at most `max_chunk` bytes (both
   /// sides have TCP_NODELAY, so each write leaves as its own segment). 0: no splitting.
   void set_max_chunk(Direction d, std::size_t max_chunk);
-  /// The first `bytes` of each connection in `d` are never dropped or altered (a handshake
-  /// that carries no checksum of its own); splits and delays still apply. 0: none spared.
-  void set_spare_first(Direction d, std::uint64_t bytes);
   /// Silently discards each piece in `d` with probability p (the stream loses those bytes;
   /// the connection stays up). Requires: 0 <= p <= 1 (else std::invalid_argument).
   void set_drop_probability(Direction d, double p);
@@ -83,7 +80,7 @@ class TcpProxy {
   /// Reseeds the random generator behind drop and corrupt (one generator for both
   /// directions; the default seed is fixed, so runs are reproducible for the same chunking).
   void set_seed(std::uint64_t seed);
-  /// Turns every delay, split, drop, corrupt and spare setting off in both directions (refuse and
+  /// Turns every delay, split, drop and corrupt setting off in both directions (refuse and
   /// an armed cut are left as they are).
   void clear_faults();
 

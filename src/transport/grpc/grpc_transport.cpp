@@ -462,7 +462,9 @@ void Connection::on_hello() {
     m_stream->write(&m_out);
     return;  // run() (or the refusal) once the reply is written
   }
-  if (decoded != Errc{}) return handshake_failed({decoded, "handshake with " + m_remote + ": " + why});
+  if (decoded != Errc{}) {
+    return handshake_failed({reply_error(m_owner, decoded, hello, why), "handshake with " + m_remote + ": " + why});
+  }
   if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
     return handshake_failed(std::move(*f));
   }

@@ -114,6 +114,8 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
 using Done = AsioTransport::Done;
+/// How long a broker connection's set-up step may go unacknowledged before it is issued again.
+constexpr std::chrono::milliseconds kSetupCheck{1000};
 
 std::string random_hex(std::size_t digits) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -314,6 +316,25 @@ class MqttTransport final : public AsioTransport {
   void fail_all(Errc errc, const std::string& what, const std::string& tag = {});
   /// Server: our presence, retained on <prefix>/server.
   void publish_presence();
+  /// One step of a broker connection's set-up that the broker acknowledges: a subscription, or
+  /// (presence) the server's retained presence. A wire that loses a whole packet loses one
+  /// without breaking the connection, so each is issued again until acknowledged
+  /// (check_setup()); subscribing again is harmless (the broker replaces the subscription and
+  /// sends its retained publish again).
+  struct SetupStep {
+    std::string topic;
+    int qos = 1;
+    bool presence = false;
+    mqtt::token_ptr token;
+  };
+  /// Issues a step of the broker connection `tag` (m_mutex not held: paho calls us back
+  /// holding its own lock).
+  void setup_step(const std::string& tag, SetupStep step);
+  /// Every kSetupCheck while connection `tag` lasts: the steps not acknowledged yet again.
+  void check_setup(const std::string& tag);
+  /// Client: the server's presence asked for again (its retained publish may have been lost):
+  /// at most once per presence_wait.
+  void recheck_presence();
   /// Waits (constructor) until pred or the deadline; false on timeout.
   template <typename Pred>
   bool wait_until(Clock::time_point deadline, Pred pred) {
@@ -359,6 +380,8 @@ class MqttTransport final : public AsioTransport {
   std::uint64_t m_next_link = 0;
   std::map<std::string, std::shared_ptr<Connection>> m_by_key;
   std::chrono::milliseconds m_retry_delay{10};
+  std::vector<SetupStep> m_setup;  // the current broker connection's steps (m_tag)
+  Clock::time_point m_presence_asked{};  // client: the last recheck_presence()
   Listener m_connect_listener;
   // Last, so it goes first: no paho callback runs into the members above once it is gone.
   std::unique_ptr<mqtt::async_client> m_client;
@@ -432,7 +455,15 @@ void Connection::on_publish(const mqtt::const_message_ptr& m) {
   const auto bytes = bytes_of(m);
   PubHeader h;
   std::string why;
-  if (const Errc e = decode_pub_header(bytes, h, why); e != Errc{}) return fail(e, "from " + m_remote + ": " + why, true);
+  // With checksums, a publish header that does not add up was damaged on the way, as a frame
+  // that does not check out is (the broker passes altered bytes on).
+  const auto bad = [&](const std::string& what) {
+    Errc e = Errc::protocol_error;
+    std::string reason = what;
+    if (m_running && m_reader.checksums()) m_reader.damaged(e, reason, what);
+    fail(e, "from " + m_remote + ": " + reason, true);
+  };
+  if (decode_pub_header(bytes, h, why) != Errc{}) return bad(why);
   if (h.kind == Kind::gone) return fail(Errc::peer_lost, "the peer's broker connection ended (its last will)", false);
   if (h.kind == Kind::reset) {
     const auto code = get_le<std::uint32_t>(bytes.data() + kPubHeaderSize);
@@ -441,7 +472,7 @@ void Connection::on_publish(const mqtt::const_message_ptr& m) {
   }
   m_peer_window_pubs = h.window_pubs;
   m_peer_window_bytes = h.window_bytes;
-  if (h.ack > m_tx_seq) return fail(Errc::protocol_error, "from " + m_remote + ": acknowledges a publish never sent", true);
+  if (h.ack > m_tx_seq) return bad("acknowledges a publish never sent");
   if (h.ack > m_tx_acked) {
     m_tx_acked = h.ack;
     while (!m_unacked.empty() && m_unacked.front().first <= m_tx_acked) {
@@ -476,7 +507,7 @@ void Connection::on_publish(const mqtt::const_message_ptr& m) {
   const std::size_t size = bytes.size();
   if (m_in.size() >= m_transport.mqtt().window_publishes ||
       (!m_in.empty() && m_in_bytes + size > m_transport.mqtt().window_bytes)) {
-    return fail(Errc::protocol_error, "from " + m_remote + ": more unacknowledged publishes than the window", true);
+    return bad("more unacknowledged publishes than the window");
   }
   m_in_bytes += size;
   m_in.push_back(m);
@@ -508,7 +539,9 @@ void Connection::on_hello(std::span<const std::byte> bytes) {
     if (!sent) return handshake_failed({Errc::peer_lost, "handshake reply to " + m_remote + ": paho cannot publish now"});
     return run();
   }
-  if (decoded != Errc{}) return handshake_failed({decoded, "handshake with " + m_remote + ": " + why});
+  if (decoded != Errc{}) {
+    return handshake_failed({reply_error(m_owner, decoded, hello, why), "handshake with " + m_remote + ": " + why});
+  }
   if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
     return handshake_failed(std::move(*f));
   }
@@ -868,6 +901,10 @@ MqttTransport::MqttTransport(CommunicatorImpl& owner, const Endpoint& endpoint)
 mqtt::connect_options MqttTransport::connect_options(const std::string& tag) const {
   const auto& c = conn();
   auto b = mqtt::connect_options_builder()
+               // Exactly 3.1.1: with the default, paho answers a connection that fails early by
+               // trying 3.1 on its own, and a broker connection lost to damaged bytes came back as a
+               // 3.1 connection no callback told us of (the session stalled until it broke again).
+               .mqtt_version(MQTTVERSION_3_1_1)
                .clean_session(true)
                .connect_timeout(std::chrono::duration_cast<std::chrono::seconds>(c.connect_timeout) + std::chrono::seconds(1))
                // The broker drops a client silent for 1.5 times this: a few keep-alive intervals.
@@ -903,7 +940,7 @@ void MqttTransport::broker_connect() {
   std::uint64_t attempt = 0;
   {
     const std::lock_guard lock(m_mutex);
-    if (m_closing || m_connecting) return;
+    if (m_closing || m_connecting || m_connected) return;
     m_connecting = true;
     m_attempt_tag = tag;
     attempt = ++m_attempts;
@@ -955,26 +992,28 @@ void MqttTransport::on_broker_connected(const std::string& tag) {
     m_presence = Presence::unknown;
     m_presence_deadline = Clock::now() + m_mqtt.presence_wait;
     announced = m_announced;
+    m_setup.clear();
+  }
+  // In this order on one connection: the broker sends the retained presence right after its
+  // subscription's acknowledgement, and our probe comes back after that.
+  setup_step(tag, {m_wake_topic, 1, false, nullptr});
+  if (m_server) {
+    setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
+    // Clients' hellos only once this server passed the presence check (the constructor
+    // subscribes and announces the first time).
+    if (announced) {
+      setup_step(tag, {m_prefix + "/s/+/+", m_mqtt.qos, false, nullptr});
+      setup_step(tag, {m_prefix + "/server", 1, true, nullptr});
+    }
+  } else {
+    setup_step(tag, {m_prefix + "/c/" + tag + "/+", m_mqtt.qos, false, nullptr});
+    setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
   }
   try {
-    // In this order on one connection: the broker sends the retained presence right after its
-    // subscription's acknowledgement, and our probe comes back after that.
-    m_client->subscribe(m_wake_topic, 1);
-    if (m_server) {
-      m_client->subscribe(m_prefix + "/server", 1);
-      // Clients' hellos only once this server passed the presence check (the constructor
-      // subscribes and announces the first time).
-      if (announced) {
-        m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos);
-        publish_presence();
-      }
-    } else {
-      m_client->subscribe(m_prefix + "/c/" + tag + "/+", m_mqtt.qos);
-      m_client->subscribe(m_prefix + "/server", 1);
-    }
     m_client->publish(m_wake_topic, "presence-probe", 14, 1, false);
   } catch (const mqtt::exception&) {  // NOLINT(bugprone-empty-catch): the connection went: on_lost() follows
   }
+  schedule(kSetupCheck, [this, tag] { check_setup(tag); });
   // No presence within the wait: nobody serves this prefix (connect() says so).
   schedule(m_mqtt.presence_wait, [this] {
     const std::lock_guard lock(m_mutex);
@@ -982,6 +1021,46 @@ void MqttTransport::on_broker_connected(const std::string& tag) {
     m_cv.notify_all();
   });
   m_cv.notify_all();
+}
+
+void MqttTransport::setup_step(const std::string& tag, SetupStep step) {
+  try {
+    step.token = step.presence ? m_client->publish(step.topic, "ferry-server " + m_instance, step.qos, true)
+                               : m_client->subscribe(step.topic, step.qos);
+  } catch (const mqtt::exception&) {  // NOLINT(bugprone-empty-catch): not connected: on_lost() follows
+    return;
+  }
+  const std::lock_guard lock(m_mutex);
+  if (m_connected && m_tag == tag) m_setup.push_back(std::move(step));
+}
+
+void MqttTransport::check_setup(const std::string& tag) {
+  std::vector<SetupStep> again;
+  {
+    const std::lock_guard lock(m_mutex);
+    if (m_closing || !m_connected || m_tag != tag) return;
+    for (auto& st : m_setup) {
+      if (!st.token->is_complete()) again.push_back(std::move(st));
+    }
+    m_setup.clear();
+  }
+  if (again.empty()) return;
+  for (auto& st : again) {
+    setup_step(tag, {st.topic, st.qos, st.presence, nullptr});
+  }
+  schedule(kSetupCheck, [this, tag] { check_setup(tag); });
+}
+
+void MqttTransport::recheck_presence() {
+  std::string tag;
+  {
+    const std::lock_guard lock(m_mutex);
+    const auto now = Clock::now();
+    if (m_server || m_closing || !m_connected || now - m_presence_asked < m_mqtt.presence_wait) return;
+    m_presence_asked = now;
+    tag = m_tag;
+  }
+  setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
 }
 
 void MqttTransport::on_lost(const std::string& cause) {
@@ -1192,6 +1271,8 @@ void MqttTransport::connect(Done done) {
     }
   }
   if (refused) {
+    // Absent: its retained presence may have been lost on the way; ask the broker again.
+    if (refused->errc == Errc::not_found) recheck_presence();
     if (done) done(std::move(*refused));
     return;
   }

@@ -192,7 +192,7 @@ bool send_with_fds(int sock, std::span<const std::byte> bytes, std::span<const i
   }
   const ssize_t n = ::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (n == static_cast<ssize_t>(bytes.size())) return true;
-  if (n >= 0) errno = EAGAIN;  // a 64-byte send into an empty socket buffer is never short
+  if (n >= 0) errno = EAGAIN;  // a hello-sized send into an empty socket buffer is never short
   return false;
 }
 
@@ -343,7 +343,9 @@ class Connection final : public AsioLink, public std::enable_shared_from_this<Co
   ferry::shm::layout::Identity m_peer_identity = 0;
   unsigned m_exit_checks = 0;  // EOF from a server still alive: re-checks before resuming
   std::array<std::byte, framing::kHelloSize> m_hello_out{};
-  std::vector<std::byte> m_hello_in = std::vector<std::byte>(framing::kHelloSize);
+  // Server: the client's hello (read_hello_bytes). Client: the server's reply, its prefix
+  // first, then as long as the prefix says.
+  std::vector<std::byte> m_hello_in = std::vector<std::byte>(framing::kHelloPrefixSize);
   std::size_t m_hello_got = 0;
   std::vector<Fd> m_received_fds;
 
@@ -569,6 +571,14 @@ void Connection::client_read_reply() {
                                                           (n == 0 ? std::string("the server closed the socket") : std::strerror(errno))});
     }
     self->m_hello_got += static_cast<std::size_t>(n);
+    if (self->m_hello_got == framing::kHelloPrefixSize) {  // now its size (another version's too)
+      std::size_t size = 0;
+      std::string why;
+      const Errc e = framing::hello_size(
+          std::span<const std::byte, framing::kHelloPrefixSize>(self->m_hello_in.data(), framing::kHelloPrefixSize), size, why);
+      if (e != Errc{}) return self->handshake_failed({e, "handshake with " + self->m_remote + ": " + why});
+      self->m_hello_in.resize(size);
+    }
     if (self->m_hello_got < self->m_hello_in.size()) return self->client_read_reply();
     self->on_server_reply(std::move(self->m_received_fds));
   });

@@ -329,9 +329,10 @@ void Connection::read_hello() {
   auto self = shared_from_this();
   read_hello_bytes(
       m_hello_in, [self](auto buffer, auto handler) { self->m_stream.async_read_exactly(buffer, std::move(handler)); },
-      [self](const error_code& ec, Errc e, const std::string& why) {
+      [self](const error_code& ec, Errc e, std::string why) {
         if (self->m_failed) return;
         if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
+        if (e != Errc{} && self->m_role == Role::client) e = reply_error(self->m_owner, e, framing::Hello{}, why);
         if (e != Errc{}) return self->bad_hello(e, why);
         self->hello_read();
       });
@@ -340,7 +341,8 @@ void Connection::read_hello() {
 void Connection::hello_read() {
   framing::Hello hello;
   std::string why;
-  const Errc e = framing::decode_hello(m_hello_in, hello, why);
+  Errc e = framing::decode_hello(m_hello_in, hello, why);
+  if (e != Errc{} && m_role == Role::client) e = reply_error(m_owner, e, hello, why);
   if (e != Errc{}) return bad_hello(e, why);
   on_hello(hello);
 }
@@ -850,8 +852,10 @@ std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endp
   hello.flags = framing::kHelloProbe;
   std::array<std::byte, framing::kHelloSize> out{};
   framing::encode_hello(hello, out);
-  std::array<std::byte, framing::kHelloSize + framing::kLocalitySize> in{};
+  std::vector<std::byte> hello_in;
+  std::array<std::byte, framing::kLocalitySize> locality_in{};
   error_code result = asio::error::timed_out;
+  Errc refused{};  // the reply's prefix said no (not a Ferry server, damaged)
   std::string step = "connect";
   asio::async_connect(socket, resolved, [&](const error_code& e, const tcp::endpoint&) {
     if (e) return void(result = e);
@@ -859,16 +863,32 @@ std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endp
     step = "handshake";
     asio::async_write(socket, asio::buffer(out), [&](const error_code& w, std::size_t) {
       if (w) return void(result = w);
-      asio::async_read(socket, asio::buffer(in), [&](const error_code& r, std::size_t) { result = r; });
+      // The hello as long as its prefix says (a server of another version answers with its
+      // own and closes), then the locality block of a probe's answer.
+      read_hello_bytes(
+          hello_in, [&](auto buffer, auto handler) { asio::async_read(socket, buffer, std::move(handler)); },
+          [&](const error_code& r, Errc said, const std::string& bad) {
+            if (r || said != Errc{}) {
+              result = r ? r : error_code{};
+              refused = said;
+              why = bad;
+              return;
+            }
+            asio::async_read(socket, asio::buffer(locality_in), [&](const error_code& l, std::size_t) {
+              // A refusal (another version, say) comes without a locality block: decoded below.
+              result = l == asio::error::eof ? error_code{} : l;
+            });
+          });
     });
   });
   io.run_for(owner.options().connection.connect_timeout);
+  if (refused != Errc{}) return std::nullopt;
   if (result) {
     why = step + " (probe) to " + endpoint.host + ":" + std::to_string(endpoint.port) + ": " + result.message();
     return std::nullopt;
   }
   framing::Hello reply;
-  Errc e = framing::decode_hello(std::span<const std::byte>(in.data(), framing::kHelloSize), reply, why);
+  Errc e = framing::decode_hello(hello_in, reply, why);
   if (e != Errc{}) return std::nullopt;
   if ((reply.flags & framing::kHelloProbe) == 0 || reply.status != 0) {
     why = "the server did not answer the locality probe";
@@ -876,8 +896,7 @@ std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endp
   }
   server_id = reply.id;
   framing::Locality locality;
-  e = framing::decode_locality(std::span<const std::byte, framing::kLocalitySize>(in.data() + framing::kHelloSize, framing::kLocalitySize),
-                               locality, why);
+  e = framing::decode_locality(locality_in, locality, why);
   if (e != Errc{}) return std::nullopt;
   return locality;
 }

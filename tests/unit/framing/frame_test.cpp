@@ -154,6 +154,40 @@ TEST(Hello, AnyDamageIsDamageNotARefusal) {
   EXPECT_EQ(decode_hello(std::span<const std::byte>(bytes.data(), kHelloSize - 1), out, why), Errc::peer_lost);
 }
 
+// A stream that lost bytes from a hello: whatever run of its bytes is gone, what a reader
+// takes for the hello (its prefix, then as many bytes as that names, from what follows)
+// never decodes as a hello, and never as another version's (a final refusal): the bytes
+// after it are a frame, or the hello's ids line up as version 1's version and size.
+TEST(Hello, BytesLostFromAHelloNeverMakeAHelloOrARefusal) {
+  for (const std::uint64_t next_expected : {std::uint64_t{1}, std::uint64_t{0x400001}}) {
+    Hello h = sample_hello();
+    h.next_expected = next_expected;
+    HelloBytes hello{};
+    encode_hello(h, hello);
+    std::vector<std::byte> stream(hello.begin(), hello.end());
+    HeaderBytes frame{};
+    encode_header({FrameType::data, 200, 1, 0, 200}, frame);
+    stream.insert(stream.end(), frame.begin(), frame.end());
+    for (int i = 0; i < 200; ++i) stream.push_back(static_cast<std::byte>(i * 7));
+    for (std::size_t from = 0; from < kHelloSize; ++from) {
+      for (std::size_t to = from + 1; to <= kHelloSize; ++to) {
+        std::vector<std::byte> left(stream.begin(), stream.begin() + static_cast<std::ptrdiff_t>(from));
+        left.insert(left.end(), stream.begin() + static_cast<std::ptrdiff_t>(to), stream.end());
+        std::size_t size = 0;
+        std::string why;
+        const Errc prefix = hello_size(std::span<const std::byte, kHelloPrefixSize>(left.data(), kHelloPrefixSize), size, why);
+        // Refused from its prefix, or a size beyond what came: the reader waits for bytes that
+        // do not come (the handshake timeout ends it).
+        if (prefix != Errc{} || size > left.size()) continue;
+        Hello out;
+        const Errc e = decode_hello(std::span<const std::byte>(left.data(), size), out, why);
+        EXPECT_NE(e, Errc{}) << "bytes " << from << "-" << to << " lost";
+        EXPECT_NE(e, Errc::version_mismatch) << "bytes " << from << "-" << to << " lost: " << why;
+      }
+    }
+  }
+}
+
 TEST(Locality, RoundTripsAndAnyDamagedBitIsDamage) {
   Locality l;
   l.boot_id.fill(0x5a);

@@ -604,21 +604,6 @@ TEST(TcpProxy, DropDiscardsPiecesAndKeepsTheConnection) {
   EXPECT_EQ(proxy.bytes_forwarded(c2s), 100u);
 }
 
-TEST(TcpProxy, SpareFirstPassesEachConnectionsFirstBytesUntouched) {
-  Sink sink;
-  TcpProxy proxy("127.0.0.1", sink.port());
-  proxy.set_spare_first(c2s, 100);
-  proxy.set_drop_probability(c2s, 1.0);
-  Fd client = connect_to(proxy.port());
-  const Bytes data = random_bytes(1000, 13);
-  ASSERT_TRUE(send_all(client.get(), data));
-  ::shutdown(client.get(), SHUT_WR);
-  const ReadResult r = sink.wait_end(0, kIoDeadline);
-  EXPECT_EQ(r.end, End::eof);
-  EXPECT_EQ(r.data, Bytes(data.begin(), data.begin() + 100));  // then every piece dropped
-  EXPECT_GE(proxy.chunks_dropped(c2s), 1u);
-}
-
 // What a sink receives of 1000 bytes sent through byte-sized pieces dropped with p = 0.5.
 Bytes survivors(std::uint64_t seed) {
   Sink sink;
