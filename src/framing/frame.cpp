@@ -143,6 +143,13 @@ Errc decode_hello(std::span<const std::byte> in, Hello& h, std::string& why) {
   return decode_fields(p, h, why);
 }
 
+bool hello_checks_out(std::span<const std::byte> in) noexcept {
+  if (in.size() < kHelloPrefixSize + 4) return false;
+  const std::size_t size = get_le<std::uint16_t>(in.data() + 10);
+  if (size != in.size() || get_le<std::uint16_t>(in.data() + 8) == kVersionWithoutChecksum) return false;
+  return get_le<std::uint32_t>(in.data() + size - 4) == crc32c(in.first(size - 4));
+}
+
 void encode_header(const FrameHeader& f, std::span<std::byte, kHeaderSize> out) noexcept {
   std::byte* p = out.data();
   p[0] = static_cast<std::byte>(f.type);

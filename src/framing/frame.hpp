@@ -133,6 +133,9 @@ void encode_hello(const Hello& hello, std::span<std::byte, kHelloSize> out) noex
 /// Decodes and validates a peer's whole hello (see "Reading a hello" above for what each error
 /// means). Errc::version_mismatch leaves out.version set for the caller's refusal.
 [[nodiscard]] Errc decode_hello(std::span<const std::byte> in, Hello& out, std::string& why);
+/// The bytes are a whole hello of version 2 or later whose checksum matches: whatever it says
+/// (even a field decode_hello refuses), a peer said it, not the wire.
+[[nodiscard]] bool hello_checks_out(std::span<const std::byte> in) noexcept;
 
 void encode_header(const FrameHeader& header, std::span<std::byte, kHeaderSize> out) noexcept;
 /// Decodes a frame header and checks what needs no session state: known type, zero reserved

@@ -48,8 +48,9 @@ std::string AsioTransport::refusal(const framing::Hello& reply) const {
   return make_error_code(e).message();
 }
 
-Errc reply_error(const CommunicatorImpl& owner, Errc decoded, const framing::Hello& reply, std::string& why) {
-  if (!owner.options().connection.checksums) return decoded;
+Errc reply_error(const CommunicatorImpl& owner, Errc decoded, std::span<const std::byte> bytes, const framing::Hello& reply,
+                 std::string& why) {
+  if (!owner.options().connection.checksums || framing::hello_checks_out(bytes)) return decoded;
   if (decoded == Errc::protocol_error || (decoded == Errc::version_mismatch && reply.version == 1)) {
     why += " (taken for damage on the way: checksums are on)";
     return Errc::peer_lost;
@@ -61,7 +62,13 @@ std::optional<Failure> AsioTransport::attach_reply(const framing::Hello& reply, 
                                                    const std::string& remote, std::shared_ptr<Session>& session,
                                                    std::uint64_t& next_expected) {
   if (reply.status != 0) {
-    return Failure{static_cast<Errc>(reply.status), "server " + remote + " refused the connection: " + refusal(reply)};
+    // A server of our own version that says we speak another read a hello of ours that lost
+    // bytes on the way as version 1's (with checksums: damage; we connect again).
+    const bool damaged = reply.status == static_cast<std::uint32_t>(Errc::version_mismatch) &&
+                         reply.version == framing::kProtocolVersion && conn().checksums;
+    return Failure{damaged ? Errc::peer_lost : static_cast<Errc>(reply.status),
+                   "server " + remote + " refused the connection: " + refusal(reply) +
+                       (damaged ? " (our hello reached it damaged: checksums are on)" : "")};
   }
   std::string why;
   const Errc e = m_owner.attach_server(reply, link, session, next_expected, why);

@@ -50,14 +50,14 @@ Errc answer_hello(CommunicatorImpl& owner, const framing::Hello& hello, Errc dec
                   const std::shared_ptr<Link>& link, framing::Hello& reply, std::shared_ptr<Session>& session,
                   std::uint64_t& next_expected, std::string& why);
 
-/// Client: how to take a server's reply that did not decode (decode_hello's `decoded`, the
-/// hello it filled in, `why`).
-/// With checksums the wire is taken to lose and alter bytes: a reply that is no hello (ours
-/// or the server's lost on the way, its first frames read in place of its hello), or one of
-/// version 1 (no checksum vouches for it), is such damage: peer_lost, and the client
-/// connects again (until connect_timeout, or the session's resume timeout). Without, as
-/// decoded.
-Errc reply_error(const CommunicatorImpl& owner, Errc decoded, const framing::Hello& reply, std::string& why);
+/// Client: how to take a server's reply `bytes` that did not decode (decode_hello's `decoded`,
+/// the hello it filled in, `why`). With checksums the wire is taken to lose and alter bytes: a
+/// reply that is no hello (ours or the server's lost on the way, its first frames read in
+/// place of its hello), or one of version 1 (no checksum vouches for it), is such damage:
+/// peer_lost, and the client connects again (until connect_timeout, or the session's resume
+/// timeout). A reply whose checksum matched, and any reply without checksums: as decoded.
+Errc reply_error(const CommunicatorImpl& owner, Errc decoded, std::span<const std::byte> bytes, const framing::Hello& reply,
+                 std::string& why);
 
 /// Reads a peer's hello from a byte stream into `buf`: its first framing::kHelloPrefixSize
 /// bytes, then the rest of the size framing::hello_size() reads from them (so a peer of

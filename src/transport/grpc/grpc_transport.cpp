@@ -463,7 +463,8 @@ void Connection::on_hello() {
     return;  // run() (or the refusal) once the reply is written
   }
   if (decoded != Errc{}) {
-    return handshake_failed({reply_error(m_owner, decoded, hello, why), "handshake with " + m_remote + ": " + why});
+    const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(one.begin()), one.size());
+    return handshake_failed({reply_error(m_owner, decoded, bytes, hello, why), "handshake with " + m_remote + ": " + why});
   }
   if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
     return handshake_failed(std::move(*f));

@@ -327,14 +327,24 @@ class MqttTransport final : public AsioTransport {
     bool presence = false;
     mqtt::token_ptr token;
   };
-  /// Issues a step of the broker connection `tag` (m_mutex not held: paho calls us back
-  /// holding its own lock).
-  void setup_step(const std::string& tag, SetupStep step);
+  /// Issues a step of the broker connection `tag` and has check_setup() watch it (m_mutex not
+  /// held: paho calls us back holding its own lock). Its token; null: not connected.
+  mqtt::token_ptr setup_step(const std::string& tag, SetupStep step);
   /// Every kSetupCheck while connection `tag` lasts: the steps not acknowledged yet again.
   void check_setup(const std::string& tag);
   /// Client: the server's presence asked for again (its retained publish may have been lost):
   /// at most once per presence_wait.
   void recheck_presence();
+
+ public:
+  /// Client: a handshake on broker connection `tag` timed out. The second in a row subscribes
+  /// again (a subscription whose topic was altered on the way is acknowledged, for the wrong
+  /// topic, and the server's replies then go nowhere).
+  void handshake_timed_out(const std::string& tag);
+  /// Client: a handshake completed (the count of timeouts starts again).
+  void handshake_succeeded();
+
+ private:
   /// Waits (constructor) until pred or the deadline; false on timeout.
   template <typename Pred>
   bool wait_until(Clock::time_point deadline, Pred pred) {
@@ -381,6 +391,8 @@ class MqttTransport final : public AsioTransport {
   std::map<std::string, std::shared_ptr<Connection>> m_by_key;
   std::chrono::milliseconds m_retry_delay{10};
   std::vector<SetupStep> m_setup;  // the current broker connection's steps (m_tag)
+  bool m_setup_armed = false;      // a check_setup() is scheduled for them
+  unsigned m_handshake_timeouts = 0;  // client: in a row, on the current broker connection
   Clock::time_point m_presence_asked{};  // client: the last recheck_presence()
   Listener m_connect_listener;
   // Last, so it goes first: no paho callback runs into the members above once it is gone.
@@ -460,7 +472,12 @@ void Connection::on_publish(const mqtt::const_message_ptr& m) {
   const auto bad = [&](const std::string& what) {
     Errc e = Errc::protocol_error;
     std::string reason = what;
-    if (m_running && m_reader.checksums()) m_reader.damaged(e, reason, what);
+    if (m_running && m_reader.checksums()) {
+      m_reader.damaged(e, reason, what);
+    } else if (!m_running && m_role == Role::client && m_owner.options().connection.checksums) {
+      e = Errc::peer_lost;  // the server's reply, damaged: no session was touched; connect again
+      reason += " (taken for damage on the way: checksums are on)";
+    }
     fail(e, "from " + m_remote + ": " + reason, true);
   };
   if (decode_pub_header(bytes, h, why) != Errc{}) return bad(why);
@@ -540,7 +557,7 @@ void Connection::on_hello(std::span<const std::byte> bytes) {
     return run();
   }
   if (decoded != Errc{}) {
-    return handshake_failed({reply_error(m_owner, decoded, hello, why), "handshake with " + m_remote + ": " + why});
+    return handshake_failed({reply_error(m_owner, decoded, bytes, hello, why), "handshake with " + m_remote + ": " + why});
   }
   if (auto f = m_transport.attach_reply(hello, shared_from_this(), m_remote, m_session, next_expected)) {
     return handshake_failed(std::move(*f));
@@ -551,6 +568,7 @@ void Connection::on_hello(std::span<const std::byte> bytes) {
 
 void Connection::handshake_failed(Failure f) {
   if (m_failed) return;
+  if (m_role == Role::client && f.errc == Errc::timed_out) m_transport.handshake_timed_out(m_tag);
   // The server may be running its side already (its reply was late or lost): tell it.
   if (m_role == Role::client && m_tx_seq > 0) send_control(Kind::reset, static_cast<std::uint32_t>(f.errc));
   m_failed = true;
@@ -565,6 +583,7 @@ void Connection::handshake_failed(Failure f) {
 
 void Connection::run() {
   m_running = true;
+  if (m_role == Role::client) m_transport.handshake_succeeded();
   m_last_rx = Clock::now();
   m_last_tx = m_last_rx;
   if (auto done = std::move(m_handshake_done)) done(std::nullopt);
@@ -887,8 +906,14 @@ MqttTransport::MqttTransport(CommunicatorImpl& owner, const Endpoint& endpoint)
         const std::lock_guard lock(m_mutex);
         m_announced = true;
       }
-      m_client->subscribe(m_prefix + "/s/+/+", m_mqtt.qos)->wait_for(conn().connect_timeout);
-      publish_presence();
+      std::string tag;
+      {
+        const std::lock_guard lock(m_mutex);
+        tag = m_tag;
+      }
+      // Steps, as on every later broker connection: issued again until acknowledged.
+      if (const auto t = setup_step(tag, {m_prefix + "/s/+/+", m_mqtt.qos, false, nullptr})) t->wait_for(conn().connect_timeout);
+      (void)setup_step(tag, {m_prefix + "/server", 1, true, nullptr});
       return;
     }
     connect_first();
@@ -993,27 +1018,28 @@ void MqttTransport::on_broker_connected(const std::string& tag) {
     m_presence_deadline = Clock::now() + m_mqtt.presence_wait;
     announced = m_announced;
     m_setup.clear();
+    m_setup_armed = false;
+    m_handshake_timeouts = 0;
   }
   // In this order on one connection: the broker sends the retained presence right after its
   // subscription's acknowledgement, and our probe comes back after that.
-  setup_step(tag, {m_wake_topic, 1, false, nullptr});
+  (void)setup_step(tag, {m_wake_topic, 1, false, nullptr});
   if (m_server) {
-    setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
+    (void)setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
     // Clients' hellos only once this server passed the presence check (the constructor
     // subscribes and announces the first time).
     if (announced) {
-      setup_step(tag, {m_prefix + "/s/+/+", m_mqtt.qos, false, nullptr});
-      setup_step(tag, {m_prefix + "/server", 1, true, nullptr});
+      (void)setup_step(tag, {m_prefix + "/s/+/+", m_mqtt.qos, false, nullptr});
+      (void)setup_step(tag, {m_prefix + "/server", 1, true, nullptr});
     }
   } else {
-    setup_step(tag, {m_prefix + "/c/" + tag + "/+", m_mqtt.qos, false, nullptr});
-    setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
+    (void)setup_step(tag, {m_prefix + "/c/" + tag + "/+", m_mqtt.qos, false, nullptr});
+    (void)setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
   }
   try {
     m_client->publish(m_wake_topic, "presence-probe", 14, 1, false);
   } catch (const mqtt::exception&) {  // NOLINT(bugprone-empty-catch): the connection went: on_lost() follows
   }
-  schedule(kSetupCheck, [this, tag] { check_setup(tag); });
   // No presence within the wait: nobody serves this prefix (connect() says so).
   schedule(m_mqtt.presence_wait, [this] {
     const std::lock_guard lock(m_mutex);
@@ -1023,32 +1049,39 @@ void MqttTransport::on_broker_connected(const std::string& tag) {
   m_cv.notify_all();
 }
 
-void MqttTransport::setup_step(const std::string& tag, SetupStep step) {
+mqtt::token_ptr MqttTransport::setup_step(const std::string& tag, SetupStep step) {
   try {
     step.token = step.presence ? m_client->publish(step.topic, "ferry-server " + m_instance, step.qos, true)
                                : m_client->subscribe(step.topic, step.qos);
   } catch (const mqtt::exception&) {  // NOLINT(bugprone-empty-catch): not connected: on_lost() follows
-    return;
+    return nullptr;
   }
-  const std::lock_guard lock(m_mutex);
-  if (m_connected && m_tag == tag) m_setup.push_back(std::move(step));
+  mqtt::token_ptr token = step.token;
+  bool arm = false;
+  {
+    const std::lock_guard lock(m_mutex);
+    if (!m_connected || m_tag != tag) return token;
+    m_setup.push_back(std::move(step));
+    arm = !m_setup_armed;
+    m_setup_armed = true;
+  }
+  if (arm) schedule(kSetupCheck, [this, tag] { check_setup(tag); });
+  return token;
 }
 
 void MqttTransport::check_setup(const std::string& tag) {
   std::vector<SetupStep> again;
   {
     const std::lock_guard lock(m_mutex);
-    if (m_closing || !m_connected || m_tag != tag) return;
+    if (m_tag != tag) return;  // another broker connection: its own check runs
+    m_setup_armed = false;
+    if (m_closing || !m_connected) return;
     for (auto& st : m_setup) {
       if (!st.token->is_complete()) again.push_back(std::move(st));
     }
     m_setup.clear();
   }
-  if (again.empty()) return;
-  for (auto& st : again) {
-    setup_step(tag, {st.topic, st.qos, st.presence, nullptr});
-  }
-  schedule(kSetupCheck, [this, tag] { check_setup(tag); });
+  for (auto& st : again) (void)setup_step(tag, {st.topic, st.qos, st.presence, nullptr});  // arms the next check
 }
 
 void MqttTransport::recheck_presence() {
@@ -1060,7 +1093,21 @@ void MqttTransport::recheck_presence() {
     m_presence_asked = now;
     tag = m_tag;
   }
-  setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
+  (void)setup_step(tag, {m_prefix + "/server", 1, false, nullptr});
+}
+
+void MqttTransport::handshake_timed_out(const std::string& tag) {
+  {
+    const std::lock_guard lock(m_mutex);
+    if (m_tag != tag || ++m_handshake_timeouts < 2) return;
+    m_handshake_timeouts = 0;
+  }
+  (void)setup_step(tag, {m_prefix + "/c/" + tag + "/+", m_mqtt.qos, false, nullptr});
+}
+
+void MqttTransport::handshake_succeeded() {
+  const std::lock_guard lock(m_mutex);
+  m_handshake_timeouts = 0;
 }
 
 void MqttTransport::on_lost(const std::string& cause) {

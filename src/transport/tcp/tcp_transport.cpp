@@ -332,7 +332,7 @@ void Connection::read_hello() {
       [self](const error_code& ec, Errc e, std::string why) {
         if (self->m_failed) return;
         if (ec) return self->handshake_failed(translate(ec, "handshake with " + self->m_remote));
-        if (e != Errc{} && self->m_role == Role::client) e = reply_error(self->m_owner, e, framing::Hello{}, why);
+        if (e != Errc{} && self->m_role == Role::client) e = reply_error(self->m_owner, e, {}, framing::Hello{}, why);
         if (e != Errc{}) return self->bad_hello(e, why);
         self->hello_read();
       });
@@ -342,7 +342,7 @@ void Connection::hello_read() {
   framing::Hello hello;
   std::string why;
   Errc e = framing::decode_hello(m_hello_in, hello, why);
-  if (e != Errc{} && m_role == Role::client) e = reply_error(m_owner, e, hello, why);
+  if (e != Errc{} && m_role == Role::client) e = reply_error(m_owner, e, m_hello_in, hello, why);
   if (e != Errc{}) return bad_hello(e, why);
   on_hello(hello);
 }
@@ -859,7 +859,8 @@ std::optional<framing::Locality> probe(const CommunicatorImpl& owner, const Endp
   std::string step = "connect";
   asio::async_connect(socket, resolved, [&](const error_code& e, const tcp::endpoint&) {
     if (e) return void(result = e);
-    socket.set_option(tcp::no_delay(true), result);
+    error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);  // result stays timed_out until the reply is read
     step = "handshake";
     asio::async_write(socket, asio::buffer(out), [&](const error_code& w, std::size_t) {
       if (w) return void(result = w);
