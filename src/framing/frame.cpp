@@ -130,7 +130,7 @@ Errc decode_hello(std::span<const std::byte> in, Hello& h, std::string& why) {
     why = "peer speaks protocol version 1, this side " + std::to_string(kProtocolVersion);
     return Errc::version_mismatch;
   }
-  if (get_le<std::uint32_t>(p + size - 4) != crc32c(in.first(size - 4))) {
+  if (!hello_checks_out(in)) {
     why = "handshake damaged in transit (checksum mismatch)";
     return Errc::peer_lost;
   }
